@@ -1,0 +1,225 @@
+"""The batch flow: rows in, videos and a results table out, never paying twice.
+
+    read rows -> check pictures -> for each distinct input:
+        upload -> generate -> poll -> land (+ copies for duplicate rows)
+    -> results table (DEST/results.parquet, .csv) and artifacts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from flows.common import atlas_client, provider_slot_factory, s3_client_for
+from i2v.config import BatchOptions
+from i2v.errors import AmbiguousSubmissionError, I2VError, InputError
+from i2v.pipeline import (
+    Action,
+    Job,
+    JobOutcome,
+    NotSubmitted,
+    Rejected,
+    RowStatus,
+    RunAborted,
+    RunContext,
+    StopReason,
+    action_for,
+    group_jobs,
+    load_records,
+    outcome_of,
+    place_copies,
+    preflight,
+    video_present,
+)
+from i2v.results import RunSummary
+from i2v.state import InputRecord, Phase
+from i2v.storage import open_storage
+from tasks import land_video, publish_results, submit_generation, upload_picture, wait_for_video
+from tasks.rows import check_pictures, read_rows
+
+
+def new_run_id() -> str:
+    """Sortable and traceable: UTC time plus the Prefect flow run id's prefix."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run = flow_run.get_id()
+    return f"{stamp}-{str(run)[:8]}" if run else stamp
+
+
+@flow(name="i2v-batch", log_prints=False)
+async def i2v_batch(
+    source: str,
+    dest: str,
+    options: BatchOptions | None = None,
+    write_table: bool = True,
+) -> RunSummary:
+    """Turn every row of SOURCE into DEST/videos/<id>.mp4 and DEST/results.{parquet,csv}.
+
+    Args:
+        source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures.
+        dest: A folder or `s3://bucket/prefix`.
+        options: Model, concurrency, budget, polling and API settings.
+        write_table: False for fan-out shards, whose parent writes the merged table.
+    """
+    options = options or BatchOptions()
+    logger = get_run_logger()
+    s3 = s3_client_for(options) if "s3://" in source + dest else None
+    manifest = await asyncio.to_thread(read_rows, source, options, s3)
+    ctx = RunContext(
+        options=options,
+        dest=open_storage(dest, s3_client=s3),
+        run_id=new_run_id(),
+        s3_client=s3,
+        logger=logger,
+    )
+    plans = await check_pictures(manifest, options, s3)
+    jobs = group_jobs(plans, options)
+    await load_records(ctx, jobs)
+    logger.info(
+        "%d rows, %d distinct inputs, %d rejected before any call",
+        len(plans),
+        len(jobs),
+        sum(1 for p in plans if p.error),
+    )
+    if options.dry_run:
+        return dry_run_summary(ctx, source, plans, jobs)
+
+    actions = {job.identity: action_for(ctx, job) for job in jobs}
+    needs_api = any(a in (Action.SUBMIT, Action.POLL, Action.LAND) for a in actions.values())
+    # A landed input may need re-fetching if its video vanished from DEST: keep a client.
+    needs_client = needs_api or Action.DONE in actions.values()
+    async with contextlib.AsyncExitStack() as stack:
+        if needs_client:
+            ctx._client = await stack.enter_async_context(atlas_client(options, ctx))
+        if needs_api:
+            await preflight(ctx.client, ctx.model)
+            slot = await provider_slot_factory(options.global_concurrency_limit)
+            if slot is not None:
+                ctx.provider_slot = slot
+        await asyncio.gather(*(process(ctx, job) for job in jobs))
+    summary = await publish_results(
+        ctx, plans, jobs, source=source, extra_columns=manifest.extra_columns, write=write_table
+    )
+    logger.info(
+        "done: %s; spent $%.2f; results at %s",
+        ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v),
+        summary.spent_usd,
+        summary.results_uri or "(not written: shard)",
+    )
+    if ctx.stop_reason in (StopReason.AUTH, StopReason.MODEL):
+        raise RunAborted(ctx.stop_message or "run aborted")
+    return summary
+
+
+async def process(ctx: RunContext, job: Job) -> None:
+    """Carry one distinct input as far as it can go in this run."""
+    try:
+        job.outcome = await _advance(ctx, job)
+    except NotSubmitted as exc:
+        job.outcome = JobOutcome(RowStatus.NOT_SUBMITTED, error=str(exc))
+    except (Rejected, InputError) as exc:
+        job.outcome = JobOutcome(RowStatus.REJECTED, error=str(exc))
+    except AmbiguousSubmissionError:
+        job.outcome = outcome_of(job.record)
+    except RunAborted as exc:
+        job.outcome = JobOutcome(RowStatus.NOT_SUBMITTED, error=str(exc))
+    except I2VError as exc:
+        job.outcome = _trouble(job, exc)
+    except Exception as exc:  # one row's surprise must never sink the batch
+        ctx.log.exception("%s: unexpected error", job.name)
+        job.outcome = _trouble(job, exc)
+    ctx.log.info("%s: %s%s", job.name, job.outcome.status, _why(job.outcome))
+    ctx.emit("outcome", job, job.outcome)
+
+
+async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
+    action = action_for(ctx, job)
+    record = job.record
+    if action is Action.DONE:
+        assert record is not None
+        if await video_present(ctx, record):
+            await place_copies(ctx, job, record)
+            return outcome_of(record)
+        if not record.output_url:
+            return JobOutcome(
+                RowStatus.FAILED,
+                error=f"the landed video {record.video_key} is missing from DEST and no "
+                "output URL is known",
+                record=record,
+            )
+        action = Action.LAND  # re-fetch from the provider: still paid, not paid again
+        record = record.moved(Phase.SUCCEEDED, ctx.run_id)
+    if action is Action.FINAL:
+        return outcome_of(record)
+    if action is Action.HOLD_AMBIGUOUS:
+        return outcome_of(
+            record.moved(Phase.AMBIGUOUS, ctx.run_id) if record else record,
+        )
+    paid = 0.0
+    if action in (Action.SUBMIT, Action.POLL):
+        if action is Action.SUBMIT and ctx.stop_reason is not None:
+            raise NotSubmitted(ctx.stop_message or "submissions stopped")
+        async with ctx.limiter.slot(), ctx.provider_slot():
+            if action is Action.SUBMIT:
+                image_url = await upload_picture(ctx, job)
+                record = await submit_generation(ctx, job, image_url)
+                paid = record.cost_usd or 0.0
+                ctx.emit("submitted", job)
+            assert record is not None
+            record = await wait_for_video(ctx, job, record)
+    assert record is not None
+    if record.phase is Phase.SUCCEEDED:
+        try:
+            record = await land_video(ctx, job, record)
+        except Exception as exc:
+            return JobOutcome(
+                RowStatus.FAILED,
+                error=f"landing failed ({exc}); the video is paid for and the next run lands "
+                "it without paying again",
+                record=record,
+                paid_usd=paid,
+            )
+    outcome = outcome_of(record, paid_usd=paid)
+    return outcome
+
+
+def _trouble(job: Job, exc: BaseException) -> JobOutcome:
+    record: InputRecord | None = job.record
+    status = RowStatus.FAILED
+    if record is not None and record.phase in (Phase.SUBMITTING, Phase.AMBIGUOUS):
+        status = RowStatus.AMBIGUOUS
+    elif record is None:
+        status = RowStatus.NOT_SUBMITTED
+    return JobOutcome(status, error=f"{type(exc).__name__}: {exc}", record=record)
+
+
+def _why(outcome: JobOutcome) -> str:
+    return f" ({outcome.error})" if outcome.error and outcome.status != RowStatus.LANDED else ""
+
+
+def dry_run_summary(ctx: RunContext, source: str, plans: list[Any], jobs: list[Job]) -> RunSummary:
+    """Counts and the cost estimate without calling the API or writing anything."""
+    counts: dict[str, int] = {"rejected": sum(1 for p in plans if p.error)}
+    estimate = 0.0
+    for job in jobs:
+        action = action_for(ctx, job)
+        counts[str(action)] = counts.get(str(action), 0) + len(job.rows)
+        if action is Action.SUBMIT:
+            estimate += ctx.options.price(job.duration)
+    with contextlib.suppress(Exception):
+        ctx.log.info("dry run: %s; estimated cost $%.2f", counts, estimate)
+    return RunSummary(
+        run_id=ctx.run_id,
+        source=source,
+        dest=ctx.dest.uri,
+        rows=len(plans),
+        inputs=len(jobs),
+        counts=counts,
+        estimated_usd=round(estimate, 4),
+        dry_run=True,
+    )

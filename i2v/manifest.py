@@ -1,0 +1,583 @@
+"""Reading the data team's manifest: a CSV of pictures and prompts, or an S3 prefix.
+
+`read_manifest` does every check that needs no picture bytes, before anything is paid.
+Problems with the manifest as a whole raise `ManifestError`; a problem with one row
+sets that row's `error` (one specific message) and leaves the other rows alone.
+
+Choices the brief left open:
+- Local pictures are checked for existence (one stat each): "image file not found: ...".
+  Pictures behind https:// and s3:// are not fetched here.
+- A model that takes no duration (spec.durations is None) refuses a non-empty duration
+  cell: silently ignoring "10" would make someone pay for a video of a length they did
+  not ask for. `default_duration` is ignored for it, since the config always carries one.
+- Ids must be usable as a file name (`videos/<id>.mp4`) and are unique ignoring case,
+  so two rows never land on the same file on a case-insensitive disk.
+- The `image` column is required when the model needs an image; for text-to-video
+  models it is optional and a prompt is required instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import math
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from i2v.errors import ConfigError, ManifestError
+from i2v.models import ModelSpec
+from i2v.storage import (
+    S3_ERRORS,
+    default_s3_client,
+    s3_error_code,
+    s3_error_detail,
+    split_s3_uri,
+)
+
+KNOWN_COLUMNS = ("image", "prompt", "duration", "id")
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_ID_CHARS = 200
+# Anything but path separators and control characters: the id names `videos/<id>.mp4`.
+_SAFE_ID = re.compile(r"^[^/\\\x00-\x1f\x7f]+$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@dataclass
+class ManifestRow:
+    """One data row after the row-level checks."""
+
+    line: int  # spreadsheet row number: header = 1, first data row = 2
+    id: str | None  # stripped; None when absent or empty
+    image: str  # as written in the manifest
+    image_location: str | None  # absolute local path, s3:// or http(s) URL; None if bad
+    prompt: str
+    duration: int | None  # None when invalid or when the model takes no duration
+    extras: dict[str, str] = field(default_factory=dict)  # other columns, manifest order
+    error: str | None = None  # None when the row passed; else one specific message
+
+
+@dataclass
+class Manifest:
+    """A manifest's rows, good and bad, in manifest order."""
+
+    source: str  # absolute local path or the s3:// URI as given
+    base: str  # folder of the CSV, or the s3:// prefix relative images resolve against
+    rows: list[ManifestRow]
+    extra_columns: list[str]
+
+    @property
+    def good_rows(self) -> list[ManifestRow]:
+        return [r for r in self.rows if r.error is None]
+
+    @property
+    def bad_rows(self) -> list[ManifestRow]:
+        return [r for r in self.rows if r.error is not None]
+
+
+@dataclass(frozen=True)
+class _Rules:
+    spec: ModelSpec
+    default_prompt: str
+    default_duration: int | None
+    allow_outside_base: bool
+    allowed_schemes: tuple[str, ...]
+    allow_http_loopback: bool
+
+
+def read_manifest(
+    source: str | Path,
+    *,
+    spec: ModelSpec,
+    default_prompt: str = "",
+    default_duration: int | None = None,
+    allow_outside_base: bool = False,
+    allowed_schemes: tuple[str, ...] = ("https", "s3", "file"),
+    allow_http_loopback: bool = True,
+    s3_client: Any | None = None,
+) -> Manifest:
+    """Read a CSV (local path or s3://bucket/key.csv) or an s3:// prefix of pictures.
+
+    `allowed_schemes` governs image locations; "file" covers plain local paths too.
+    Raises ManifestError when the manifest cannot be used at all, ConfigError when the
+    defaults do not fit the model.
+    """
+    rules = _Rules(
+        spec=spec,
+        default_prompt=default_prompt.strip(),
+        default_duration=default_duration,
+        allow_outside_base=allow_outside_base,
+        allowed_schemes=tuple(s.lower() for s in allowed_schemes),
+        allow_http_loopback=allow_http_loopback,
+    )
+    _check_defaults(rules)
+    text = str(source).strip()
+    if not text:
+        raise ManifestError("no manifest given: use a CSV path, s3://bucket/key.csv or a prefix")
+    match = _SCHEME.match(text)
+    scheme = match.group(1).lower() if match else ""
+    if scheme == "s3":
+        if not text[5:].partition("/")[0]:
+            raise ManifestError(f"manifest source {text!r} names no bucket")
+        client = s3_client if s3_client is not None else default_s3_client()
+        if text.lower().endswith(".csv"):
+            return _read_s3_csv(text, client, rules)
+        return _read_s3_prefix(text, client, rules)
+    if scheme == "file":
+        text = unquote(urlsplit(text).path)
+    elif scheme:
+        raise ManifestError(
+            f"unsupported manifest source {text!r}: use a CSV path, s3://bucket/key.csv "
+            "or an s3:// prefix of pictures"
+        )
+    return _read_local_csv(Path(text), rules)
+
+
+def _check_defaults(rules: _Rules) -> None:
+    spec = rules.spec
+    default = rules.default_duration
+    if default is not None and spec.durations is not None and default not in spec.durations:
+        raise ConfigError(
+            f"default_duration {default} is not allowed for {spec.name}; "
+            f"use {_choices(spec.durations)}"
+        )
+    if len(rules.default_prompt) > spec.max_prompt_chars:
+        raise ConfigError(
+            f"default_prompt has {len(rules.default_prompt)} characters; {spec.name} takes "
+            f"at most {spec.max_prompt_chars}"
+        )
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def _read_local_csv(path: Path, rules: _Rules) -> Manifest:
+    path = path.expanduser().absolute()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {path}") from None
+    except IsADirectoryError:
+        raise ManifestError(
+            f"manifest {path} is a folder; give the CSV file inside it "
+            "(only an s3:// prefix can be a folder of pictures)"
+        ) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    base = os.path.realpath(path.parent)
+    resolver = _LocalResolver(base, rules)
+    return _build(str(path), base, data, resolver, rules)
+
+
+def _read_s3_csv(uri: str, client: Any, rules: _Rules) -> Manifest:
+    bucket, key = split_s3_uri(uri)
+    try:
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except S3_ERRORS as exc:
+        code = s3_error_code(exc)
+        if code in ("NoSuchKey", "404"):
+            raise ManifestError(f"manifest not found: {uri}") from None
+        if code == "NoSuchBucket":
+            raise ManifestError(
+                f"manifest not found: {uri} (bucket {bucket!r} does not exist)"
+            ) from None
+        raise ManifestError(f"cannot read manifest {uri}: {s3_error_detail(exc, bucket)}") from exc
+    folder = posixpath.dirname(key)
+    base = f"s3://{bucket}/{folder}" if folder else f"s3://{bucket}"
+    resolver = _S3Resolver(bucket, folder, rules)
+    return _build(uri, base, bytes(data), resolver, rules)
+
+
+def _read_s3_prefix(uri: str, client: Any, rules: _Rules) -> Manifest:
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.strip("/")
+    listed = f"{prefix}/" if prefix else ""  # a folder: "pics" must not match "pics2/"
+    base = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    keys: list[str] = []
+    others = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listed):
+            for obj in page.get("Contents", []):
+                name = posixpath.basename(obj["Key"])
+                # Dot files are not pictures even when named like one: macOS copies
+                # leave "._photo.jpg" resource forks beside every photo.
+                if name.lower().endswith(PICTURE_SUFFIXES) and not name.startswith("."):
+                    keys.append(obj["Key"])
+                elif name:
+                    others += 1
+    except S3_ERRORS as exc:
+        if s3_error_code(exc) == "NoSuchBucket":
+            raise ManifestError(
+                f"manifest source {uri}: bucket {bucket!r} does not exist"
+            ) from None
+        raise ManifestError(f"cannot list {uri}: {s3_error_detail(exc, bucket)}") from exc
+    if not keys:
+        found = f" ({others} other objects found)" if others else ""
+        if prefix.lower().endswith(PICTURE_SUFFIXES):
+            found += "; an s3:// source is a .csv manifest or a folder of pictures"
+        raise ManifestError(f"no .jpg/.jpeg/.png pictures under s3://{bucket}/{listed}{found}")
+    keys.sort()
+
+    duration, duration_error = _parse_duration("", rules)
+    prompt_error = _check_prompt(rules.default_prompt, rules)
+    scheme_error = None if "s3" in rules.allowed_schemes else _scheme_refused("s3", rules)
+    taken: set[str] = set()
+    rows: list[ManifestRow] = []
+    for n, key in enumerate(keys, start=1):
+        location = f"s3://{bucket}/{key}"
+        rows.append(
+            ManifestRow(
+                line=n,  # no CSV: the picture's position in key order
+                id=_unique_stem(key, taken),
+                image=location,
+                image_location=None if scheme_error else location,
+                prompt=rules.default_prompt,
+                duration=duration,
+                extras={},
+                error=scheme_error or duration_error or prompt_error,
+            )
+        )
+    return Manifest(source=uri, base=base, rows=rows, extra_columns=[])
+
+
+def _unique_stem(key: str, taken: set[str]) -> str:
+    stem = posixpath.splitext(posixpath.basename(key))[0]
+    stem = re.sub(r"[\\\x00-\x1f\x7f]", "_", stem).strip()[: MAX_ID_CHARS - 8] or "image"
+    candidate, n = stem, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{stem}-{n}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+# ------------------------------------------------------------------------------ parsing
+
+
+def _decode(source: str, data: bytes) -> str:
+    head = data[:8192]
+    if head.startswith(b"PK\x03\x04"):
+        raise ManifestError(
+            f"manifest {source} is not a CSV (it looks like an Excel workbook or a zip); "
+            "export it as 'CSV UTF-8'"
+        )
+    if b"\x00" in head:
+        raise ManifestError(f"manifest {source} is not a CSV: it contains binary data")
+    try:
+        return data.decode("utf-8-sig")  # -sig: Excel's "CSV UTF-8" starts with a BOM
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"manifest {source} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save it as 'CSV UTF-8'"
+        ) from None
+
+
+def _parse(source: str, data: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line, fields) of the non-blank data rows; everything stays a string.
+
+    The stdlib reader (not pandas) so duplicate column names and rows with too many
+    fields are seen, not silently renamed or shifted.
+    """
+    text = _decode(source, data)
+    records: list[tuple[int, list[str]]] = []
+    try:
+        for n, fields in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            records.append((n, fields))
+    except csv.Error as exc:
+        raise ManifestError(f"manifest {source} is not a valid CSV: {exc}") from None
+    # Leading blank lines are skipped; numbering still counts them, as a spreadsheet does.
+    while records and not any(f.strip() for f in records[0][1]):
+        records.pop(0)
+    if not records:
+        raise ManifestError(f"manifest {source} is empty")
+    header = [h.strip() for h in records[0][1]]
+    rows = [(n, f) for n, f in records[1:] if any(v.strip() for v in f)]
+    return header, rows
+
+
+def _check_header(source: str, header: list[str], rows: list[tuple[int, list[str]]]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if not name:
+            # Spreadsheets export trailing empty columns; only refuse one that has values.
+            if any(i <= len(f) and f[i - 1].strip() for _, f in rows):
+                raise ManifestError(f"manifest {source}: column {i} has values but no name")
+            continue
+        if name in seen:
+            raise ManifestError(
+                f"manifest {source} has duplicate column name {name!r} "
+                f"(columns {seen[name]} and {i})"
+            )
+        seen[name] = i
+
+
+def _build(source: str, base: str, data: bytes, resolver: _Resolver, rules: _Rules) -> Manifest:
+    header, records = _parse(source, data)
+    _check_header(source, header, records)
+    names = [h for h in header if h]
+    if rules.spec.needs_image and "image" not in names:
+        found = ", ".join(repr(h) for h in names) or "none"
+        hint = ""
+        if any(h.lower() == "image" for h in names):
+            hint = " (column names are case-sensitive: name it 'image')"
+        elif len(names) == 1 and (";" in names[0] or "\t" in names[0]):
+            hint = " (the file looks ';'- or tab-separated; save it comma-separated)"
+        raise ManifestError(f"manifest {source} has no 'image' column; found: {found}{hint}")
+    if not records:
+        raise ManifestError(f"manifest {source} has a header but no data rows")
+
+    index = {name: i for i, name in enumerate(header) if name}
+    extra_columns = [h for h in header if h and h not in KNOWN_COLUMNS]
+    first_line_of: dict[str, int] = {}
+    rows: list[ManifestRow] = []
+    for line, fields in records:
+        width_error = None
+        if len(fields) > len(header):
+            width_error = (
+                f"row has {len(fields)} values but the header has {len(header)} columns; "
+                "quote values that contain commas"
+            )
+        # Short rows are padded: spreadsheets drop trailing empty cells.
+        fields = fields + [""] * (len(header) - len(fields))
+
+        def cell(name: str, fields: list[str] = fields) -> str:
+            return fields[index[name]] if name in index else ""
+
+        row_id = cell("id").strip() or None
+        image = cell("image").strip()
+        prompt = cell("prompt").strip() or rules.default_prompt
+        duration, duration_error = _parse_duration(cell("duration"), rules)
+        id_error = _check_id(row_id, line, first_line_of)
+        location, image_error = resolver.resolve(image) if image else (None, None)
+        if not image and rules.spec.needs_image:
+            image_error = "image is empty"
+        prompt_error = _check_prompt(prompt, rules)
+        error = width_error or id_error or image_error or duration_error or prompt_error
+        rows.append(
+            ManifestRow(
+                line=line,
+                id=row_id,
+                image=cell("image"),
+                image_location=None if error else location,
+                prompt=prompt,
+                duration=duration,
+                extras={name: cell(name) for name in extra_columns},
+                error=error,
+            )
+        )
+    return Manifest(source=source, base=base, rows=rows, extra_columns=extra_columns)
+
+
+# ------------------------------------------------------------------------------ row checks
+
+
+def _choices(values: tuple[int, ...]) -> str:
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _parse_duration(raw: str, rules: _Rules) -> tuple[int | None, str | None]:
+    spec = rules.spec
+    text = raw.strip()
+    if spec.durations is None:
+        if text:
+            return None, f"{spec.name} takes no duration (got {text!r}); leave it empty"
+        return None, None
+    if not text:
+        default = rules.default_duration
+        return (spec.default_duration if default is None else default), None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number) and number.is_integer() and int(number) in spec.durations:
+        return int(number), None
+    use = f"use {_choices(spec.durations)}"
+    if not math.isfinite(number):
+        return None, f"duration {text!r} is not a number; {use}"
+    shown = str(int(number)) if number.is_integer() else text
+    return None, f"duration {shown} is not allowed for {spec.name}; {use}"
+
+
+def _check_prompt(prompt: str, rules: _Rules) -> str | None:
+    spec = rules.spec
+    if len(prompt) > spec.max_prompt_chars:
+        return (
+            f"prompt has {len(prompt)} characters; {spec.name} takes at most "
+            f"{spec.max_prompt_chars}"
+        )
+    if not prompt and not spec.needs_image:
+        return f"prompt is empty; {spec.name} needs a prompt"
+    return None
+
+
+def _check_id(row_id: str | None, line: int, first_line_of: dict[str, int]) -> str | None:
+    if row_id is None:
+        return None
+    if len(row_id) > MAX_ID_CHARS or not _SAFE_ID.match(row_id) or row_id in (".", ".."):
+        return (
+            f"id {_show(row_id)} cannot name a file: no '/', '\\' or control characters, "
+            f"at most {MAX_ID_CHARS} characters"
+        )
+    folded = row_id.lower()
+    if folded in first_line_of:
+        return f"duplicate id {row_id!r} (first used on line {first_line_of[folded]})"
+    first_line_of[folded] = line
+    return None
+
+
+def _show(value: str, limit: int = 120) -> str:
+    """A value quoted for a message, cut short so a pasted data: URI cannot flood it."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _scheme_refused(scheme: str, rules: _Rules) -> str:
+    allowed = [f"{s}://" for s in rules.allowed_schemes if s != "file"]
+    if "file" in rules.allowed_schemes:
+        allowed.append("a path relative to the manifest")
+    return f"image location scheme {scheme!r} is not allowed here; use {' or '.join(allowed)}"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Resolver:
+    """Turns an image cell into a location, or a message saying why it cannot."""
+
+    def __init__(self, rules: _Rules) -> None:
+        self.rules = rules
+        # Rows often share a picture; resolving (realpath + stat) once each keeps a
+        # 100k-row manifest fast.
+        self._seen: dict[str, tuple[str | None, str | None]] = {}
+
+    def resolve(self, image: str) -> tuple[str | None, str | None]:
+        if image not in self._seen:
+            self._seen[image] = self._resolve(image)
+        return self._seen[image]
+
+    def _resolve(self, image: str) -> tuple[str | None, str | None]:
+        match = _SCHEME.match(image)
+        if match is None and image.lower().startswith("data:"):
+            return None, "image is a data: URI; give a path, https:// or s3:// location"
+        scheme = match.group(1).lower() if match else ""
+        if scheme == "":
+            return self.relative(image)
+        if scheme == "file":
+            if "file" not in self.rules.allowed_schemes:
+                return None, _scheme_refused("file", self.rules)
+            parts = urlsplit(image)
+            if parts.netloc not in ("", "localhost"):
+                return None, f"image URI {_show(image)} names another host; use a local path"
+            return self.local(Path(unquote(parts.path)), image)
+        if scheme == "s3":
+            if "s3" not in self.rules.allowed_schemes:
+                return None, _scheme_refused("s3", self.rules)
+            bucket, _, key = image[5:].partition("/")
+            if not bucket or not key or key.endswith("/"):
+                return None, f"image URI {_show(image)} does not name an object (s3://bucket/key)"
+            return image, None
+        if scheme in ("http", "https"):
+            return self.web(image, scheme)
+        return None, _scheme_refused(scheme, self.rules)
+
+    def web(self, image: str, scheme: str) -> tuple[str | None, str | None]:
+        try:
+            host = urlsplit(image).hostname
+        except ValueError:
+            return None, f"image URL {_show(image)} is not a valid URL"
+        if not host:
+            return None, f"image URL {_show(image)} has no host"
+        if scheme in self.rules.allowed_schemes:
+            return image, None
+        if scheme == "http":
+            if self.rules.allow_http_loopback and _is_loopback(host):
+                return image, None  # test servers on this machine
+            return None, f"image URL {_show(image)} uses plain http; use https"
+        return None, _scheme_refused(scheme, self.rules)
+
+    def relative(self, image: str) -> tuple[str | None, str | None]:
+        raise NotImplementedError
+
+    def local(self, path: Path, image: str) -> tuple[str | None, str | None]:
+        raise NotImplementedError
+
+
+class _LocalResolver(_Resolver):
+    """Paths resolve against the CSV's folder and must stay inside it (symlinks too)."""
+
+    def __init__(self, base: str, rules: _Rules) -> None:
+        super().__init__(rules)
+        self.base = base
+
+    def relative(self, image: str) -> tuple[str | None, str | None]:
+        if "file" not in self.rules.allowed_schemes:
+            return None, "local image paths are not allowed here; use https:// or s3:// locations"
+        return self.local(Path(image), image)
+
+    def local(self, path: Path, image: str) -> tuple[str | None, str | None]:
+        joined = os.path.normpath(os.path.join(self.base, path))
+        real = os.path.realpath(joined)
+        if not self.rules.allow_outside_base and not _inside(real, self.base):
+            via = f" (it links to {real})" if _inside(joined, self.base) else ""
+            return None, (
+                f"image path {image} is outside the manifest's folder{via}; "
+                "set allow_outside_base in the config to allow it"
+            )
+        if not os.path.exists(real):
+            return None, f"image file not found: {real}"
+        if not os.path.isfile(real):
+            return None, f"image path is not a file: {real}"
+        return real, None
+
+
+def _inside(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+class _S3Resolver(_Resolver):
+    """Relative paths in a CSV on S3 are keys next to the CSV."""
+
+    def __init__(self, bucket: str, folder: str, rules: _Rules) -> None:
+        super().__init__(rules)
+        self.bucket = bucket
+        self.folder = folder
+
+    def relative(self, image: str) -> tuple[str | None, str | None]:
+        if "s3" not in self.rules.allowed_schemes:
+            return None, _scheme_refused("s3", self.rules)
+        if image.startswith("/"):
+            return None, (
+                f"image path {image} is absolute; in a manifest on S3 use a path relative "
+                "to the manifest or an s3:// URI"
+            )
+        key = posixpath.normpath(posixpath.join(self.folder, image))
+        if key == ".." or key.startswith("../"):
+            return None, f"image path {image} goes above the top of bucket {self.bucket!r}"
+        inside = not self.folder or key.startswith(self.folder + "/")
+        if not inside and not self.rules.allow_outside_base:
+            return None, (
+                f"image path {image} is outside the manifest's folder; "
+                "set allow_outside_base in the config to allow it"
+            )
+        if image.endswith("/"):
+            return None, f"image path {image} is a folder, not a picture"
+        return f"s3://{self.bucket}/{key}", None
+
+    def local(self, path: Path, image: str) -> tuple[str | None, str | None]:
+        return None, (
+            f"image {_show(image)} is a local file but the manifest is on S3; "
+            "use a path relative to the manifest or an s3:// URI"
+        )

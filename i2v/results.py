@@ -1,0 +1,175 @@
+"""The results table: one row per manifest row, written as Parquet and CSV."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from i2v.pipeline import Job, JobOutcome, RowPlan, RowStatus
+from i2v.storage import Storage
+
+COLUMNS: list[str] = [
+    "id",
+    "image",
+    "prompt",
+    "duration",
+    "model",
+    "status",
+    "error",
+    "error_code",
+    "prediction_id",
+    "video_uri",
+    "video_sha256",
+    "video_bytes",
+    "predict_time_s",
+    "cost_usd",
+    "submitted_at",
+    "completed_at",
+    "line",
+    "input_identity",
+]
+
+DTYPES: dict[str, str] = {
+    "duration": "Int64",
+    "video_bytes": "Int64",
+    "line": "Int64",
+    "predict_time_s": "Float64",
+    "cost_usd": "Float64",
+}
+
+
+def result_rows(
+    plans: Sequence[RowPlan],
+    jobs: Sequence[Job],
+    *,
+    model: str,
+    dest: Storage,
+    extra_columns: Sequence[str],
+) -> pd.DataFrame:
+    """Build the table from the checked rows and each job's outcome."""
+    by_identity = {job.identity: job for job in jobs}
+    records: list[dict[str, Any]] = []
+    for plan in plans:
+        row = plan.row
+        base: dict[str, Any] = {
+            "id": plan.row_id,
+            "image": row.image,
+            "prompt": row.prompt,
+            "duration": row.duration,
+            "model": model,
+            "line": row.line,
+            "input_identity": plan.identity,
+        }
+        job = by_identity.get(plan.identity or "")
+        outcome: JobOutcome | None = job.outcome if job else None
+        if plan.error or job is None or outcome is None:
+            base.update(
+                status=str(RowStatus.REJECTED) if plan.error else str(RowStatus.NOT_SUBMITTED),
+                error=plan.error or "not processed",
+            )
+        else:
+            rec = outcome.record
+            is_primary = job.primary is plan
+            landed = outcome.status is RowStatus.LANDED
+            base.update(
+                status=str(outcome.status),
+                error=outcome.error,
+                error_code=outcome.error_code,
+                prediction_id=rec.prediction_id if rec else None,
+                video_uri=dest.public_url(plan.video_key) if landed else None,
+                video_sha256=rec.video_sha256 if rec and landed else None,
+                video_bytes=rec.video_bytes if rec and landed else None,
+                predict_time_s=rec.predict_time_s if rec else None,
+                # The input's price once, on its first row; duplicates were copies.
+                cost_usd=(rec.cost_usd or 0.0) if rec and is_primary else 0.0,
+                submitted_at=rec.submitted_at if rec else None,
+                completed_at=rec.completed_at if rec else None,
+            )
+        for col in extra_columns:
+            base[col] = row.extras.get(col, "")
+        records.append(base)
+    columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    for col, dtype in DTYPES.items():
+        frame[col] = frame[col].astype(dtype)
+    for col in columns:
+        if col not in DTYPES:
+            frame[col] = frame[col].astype("string")
+    return frame
+
+
+class RunSummary(BaseModel):
+    """What a run did, for the CLI, the flow's return value and the artifacts."""
+
+    run_id: str
+    source: str
+    dest: str
+    rows: int
+    inputs: int
+    counts: dict[str, int]
+    spent_usd: float = 0.0
+    estimated_usd: float = 0.0
+    submissions: int = 0
+    uploads: int = 0
+    polls: int = 0
+    downloads: int = 0
+    elapsed_s: float = 0.0
+    dry_run: bool = False
+    stop_reason: str | None = None
+    stop_message: str | None = None
+    top_errors: list[tuple[str, int]] = Field(default_factory=list)
+    results_uri: str | None = None
+
+    @property
+    def all_landed(self) -> bool:
+        return self.rows > 0 and self.counts.get(str(RowStatus.LANDED), 0) == self.rows
+
+    @property
+    def exit_code(self) -> int:
+        if self.stop_reason in ("auth", "model"):
+            return 2
+        if self.dry_run:
+            return 0
+        return 0 if self.all_landed else 1
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    counts = {str(s): 0 for s in RowStatus}
+    for status, n in Counter(frame["status"].dropna()).items():
+        counts[str(status)] = int(n)
+    return counts
+
+
+def top_errors(frame: pd.DataFrame, n: int = 5) -> list[tuple[str, int]]:
+    errors = frame.loc[frame["status"] != str(RowStatus.LANDED), "error"].dropna()
+    # Group by the message's first clause so per-row details don't split a cause.
+    keys = errors.map(lambda e: str(e).split(";")[0][:160])
+    return [(k, int(v)) for k, v in Counter(keys).most_common(n)]
+
+
+def write_tables(
+    storage: Storage, frame: pd.DataFrame, run_id: str, summary: RunSummary
+) -> dict[str, str]:
+    """Write the current table at the root and a copy plus summary under runs/<run-id>/."""
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet, index=False)
+    csv = frame.to_csv(index=False).encode("utf-8")
+    summary_json = json.dumps(summary.model_dump(), indent=1, default=str).encode()
+    run_prefix = f"runs/{run_id}/"
+    # History first: if the root write fails, the run's own copy is already there.
+    storage.write_bytes(f"{run_prefix}results.parquet", parquet.getvalue())
+    storage.write_bytes(f"{run_prefix}results.csv", csv, content_type="text/csv")
+    storage.write_bytes(f"{run_prefix}summary.json", summary_json, content_type="application/json")
+    storage.write_bytes("results.parquet", parquet.getvalue())
+    storage.write_bytes("results.csv", csv, content_type="text/csv")
+    return {
+        "parquet": storage.public_url("results.parquet"),
+        "csv": storage.public_url("results.csv"),
+        "run": storage.public_url(run_prefix),
+    }

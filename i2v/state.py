@@ -1,0 +1,166 @@
+"""The durable record of each input, kept WITH the destination.
+
+One small JSON object per input identity under `DEST/_state/`, so any machine pointed at
+the same DEST resumes where another stopped. Prefect's own result storage is a cache,
+never the source of truth: correctness depends only on these records.
+
+Write-ahead: a record says `submitting` before the generate POST leaves, and the
+prediction id is written as soon as the answer arrives. A record stuck at `submitting`
+means the answer was lost and a paid job may exist: it becomes `ambiguous` and is not
+resubmitted unless the user asks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from i2v.errors import StorageError
+from i2v.storage import Storage
+
+STATE_PREFIX = "_state/"
+IDENTITY_VERSION = "v1"
+
+
+def utcnow() -> str:
+    """Now, as an ISO-8601 UTC timestamp with seconds precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def input_identity(
+    *,
+    picture_sha256: str | None,
+    prompt: str,
+    duration: int | None,
+    model: str,
+    options: dict[str, Any],
+) -> str:
+    """What makes two inputs the same paid job: picture bytes, prompt, duration, model,
+    model options. Row ids, order and file names are deliberately not part of it."""
+    canonical = json.dumps(
+        {
+            "v": IDENTITY_VERSION,
+            "picture": picture_sha256,
+            "prompt": prompt,
+            "duration": duration,
+            "model": model,
+            "options": options,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Phase(StrEnum):
+    """Where an input is in its life; persisted."""
+
+    SUBMITTING = "submitting"  # write-ahead: the POST may be on the wire
+    SUBMITTED = "submitted"  # the provider gave a prediction id: paid, resumable by polling
+    SUCCEEDED = "succeeded"  # the video exists at the provider; not landed yet
+    LANDED = "landed"  # the video is in DEST
+    FAILED = "failed"  # the provider said failed: final for this input
+    TIMED_OUT = "timed_out"  # our deadline passed; the id is kept and polled next run
+    AMBIGUOUS = "ambiguous"  # the POST's answer was lost: a paid job may exist
+
+
+class Action(StrEnum):
+    """What a run does next for an input, given its record."""
+
+    SUBMIT = "submit"
+    POLL = "poll"  # resume a known prediction id
+    LAND = "land"  # the provider finished; fetch the video
+    DONE = "done"  # landed: nothing to pay or download
+    FINAL = "final"  # failed at the provider: not retried
+    HOLD_AMBIGUOUS = "hold_ambiguous"
+
+
+class InputRecord(BaseModel):
+    """The persisted state of one input identity."""
+
+    identity: str
+    model: str
+    picture_sha256: str | None = None
+    prompt: str = ""
+    duration: int | None = None
+    phase: Phase
+    prediction_id: str | None = None
+    attempts: int = 0
+    submit_started_at: str | None = None
+    submitted_at: str | None = None
+    completed_at: str | None = None
+    predict_time_s: float | None = None
+    output_url: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    video_key: str | None = None
+    video_sha256: str | None = None
+    video_bytes: int | None = None
+    cost_usd: float | None = None
+    updated_at: str = Field(default_factory=utcnow)
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+    def moved(self, phase: Phase, run_id: str | None = None, **changes: Any) -> InputRecord:
+        """A copy in `phase` with `changes`, its history extended by one event."""
+        now = utcnow()
+        event: dict[str, Any] = {"at": now, "phase": str(phase)}
+        if run_id:
+            event["run"] = run_id
+        # Bounded so a record stays a small object even after many reruns.
+        history = [*self.history, event][-20:]
+        return self.model_copy(
+            update={"phase": phase, "updated_at": now, "history": history, **changes}
+        )
+
+
+def next_action(record: InputRecord | None, *, resubmit_ambiguous: bool = False) -> Action:
+    """The one rule that keeps us from paying twice or losing a paid video."""
+    if record is None:
+        return Action.SUBMIT
+    phase = record.phase
+    if phase is Phase.LANDED:
+        return Action.DONE
+    if phase is Phase.SUCCEEDED:
+        return Action.LAND
+    if phase in (Phase.SUBMITTED, Phase.TIMED_OUT) and record.prediction_id:
+        return Action.POLL
+    if phase is Phase.FAILED:
+        return Action.FINAL
+    # SUBMITTING without an id, or AMBIGUOUS: a job may exist that we cannot see.
+    return Action.SUBMIT if resubmit_ambiguous else Action.HOLD_AMBIGUOUS
+
+
+class StateStore:
+    """Reads and writes input records under `_state/` of a destination."""
+
+    def __init__(self, storage: Storage, prefix: str = STATE_PREFIX) -> None:
+        self.storage = storage
+        self.prefix = prefix
+
+    def key(self, identity: str) -> str:
+        return f"{self.prefix}{identity}.json"
+
+    def get(self, identity: str) -> InputRecord | None:
+        data = self.storage.read_bytes(self.key(identity))
+        if data is None:
+            return None
+        try:
+            return InputRecord.model_validate_json(data)
+        except ValidationError as exc:
+            # A corrupt record must stop us from guessing: guessing could pay twice.
+            raise StorageError(
+                f"state record {self.storage.key_uri(self.key(identity))} is unreadable "
+                f"({exc.error_count()} problems); inspect or remove it"
+            ) from None
+
+    def put(self, record: InputRecord) -> None:
+        self.storage.write_bytes(
+            self.key(record.identity),
+            record.model_dump_json(indent=1).encode(),
+            content_type="application/json",
+        )

@@ -1,0 +1,45 @@
+"""Rows step: read the manifest and check every picture before anything is paid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from i2v import pipeline
+from i2v.config import BatchOptions
+from i2v.manifest import Manifest, read_manifest
+from i2v.errors import StorageError
+from i2v.models import get_model
+from tasks._retry import retry_on
+
+
+@task(
+    name="read-manifest",
+    retries=2,
+    retry_delay_seconds=[1, 4],
+    retry_condition_fn=retry_on(StorageError),
+    cache_policy=NO_CACHE,
+)
+def read_rows(source: str, options: BatchOptions, s3_client: Any = None) -> Manifest:
+    """Read SOURCE (CSV path, s3:// CSV, or s3:// prefix of pictures) into checked rows.
+
+    A manifest that cannot be used raises ManifestError before anything is paid.
+    """
+    return read_manifest(
+        source,
+        spec=get_model(str(options.model)),
+        default_prompt=options.prompt,
+        default_duration=options.duration,
+        allow_outside_base=options.allow_outside_base,
+        s3_client=s3_client,
+    )
+
+
+@task(name="check-pictures", cache_policy=NO_CACHE)
+async def check_pictures(
+    manifest: Manifest, options: BatchOptions, s3_client: Any = None
+) -> list[pipeline.RowPlan]:
+    """Decode and check every picture (format, size, aspect) and hash each input."""
+    return await pipeline.check_rows(manifest, options, s3_client=s3_client)

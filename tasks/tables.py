@@ -1,0 +1,109 @@
+"""Tables step: the results table in DEST and the run's artifacts in the Prefect UI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from i2v import pipeline
+from i2v.errors import StorageError
+from i2v.results import (
+    RunSummary,
+    result_rows,
+    status_counts,
+    top_errors,
+    write_tables,
+)
+from tasks._retry import retry_on
+
+TABLE_ARTIFACT_COLUMNS = ["id", "status", "error", "error_code", "prediction_id", "video_uri"]
+
+
+@task(
+    name="results-table",
+    retries=2,
+    retry_delay_seconds=[2, 8],
+    retry_condition_fn=retry_on(StorageError, OSError),
+    cache_policy=NO_CACHE,
+)
+async def publish_results(
+    ctx: pipeline.RunContext,
+    plans: Sequence[pipeline.RowPlan],
+    jobs: Sequence[pipeline.Job],
+    *,
+    source: str,
+    extra_columns: Sequence[str],
+    write: bool = True,
+) -> RunSummary:
+    """Write DEST/results.{parquet,csv} (and runs/<run-id>/), then the UI artifacts.
+
+    With `write=False` (fan-out shards) only the summary is returned; the parent flow
+    writes the merged table once.
+    """
+    frame = result_rows(
+        plans, jobs, model=ctx.model, dest=ctx.dest, extra_columns=extra_columns
+    )
+    summary = RunSummary(
+        run_id=ctx.run_id,
+        source=source,
+        dest=ctx.dest.uri,
+        rows=len(frame),
+        inputs=len(jobs),
+        counts=status_counts(frame),
+        spent_usd=round(ctx.budget.spent_usd, 4),
+        submissions=ctx.stats.submissions,
+        uploads=ctx.stats.uploads,
+        polls=ctx.stats.polls,
+        downloads=ctx.stats.downloads,
+        elapsed_s=round(time.monotonic() - ctx.stats.started_monotonic, 3),
+        stop_reason=str(ctx.stop_reason) if ctx.stop_reason else None,
+        stop_message=ctx.stop_message,
+        top_errors=top_errors(frame),
+    )
+    if write:
+        uris = await asyncio.to_thread(write_tables, ctx.dest, frame, ctx.run_id, summary)
+        summary.results_uri = uris["parquet"]
+    await _artifacts(frame, summary)
+    return summary
+
+
+async def _artifacts(frame: object, summary: RunSummary) -> None:
+    import pandas as pd
+
+    assert isinstance(frame, pd.DataFrame)
+    table = (
+        frame[TABLE_ARTIFACT_COLUMNS].astype(object).where(frame[TABLE_ARTIFACT_COLUMNS].notna(), "")
+    )
+    await create_table_artifact(  # type: ignore[misc]
+        key="i2v-results",
+        table=table.to_dict(orient="records"),
+        description=f"Results of run {summary.run_id} into {summary.dest}",
+    )
+    lines = [
+        f"# i2v run `{summary.run_id}`",
+        "",
+        f"- source: `{summary.source}`",
+        f"- dest: `{summary.dest}`",
+        f"- rows: {summary.rows} ({summary.inputs} distinct inputs)",
+        f"- spent this run: ${summary.spent_usd:.2f} over {summary.submissions} submissions",
+        f"- time: {summary.elapsed_s:.1f} s, polls: {summary.polls}",
+        "",
+        "| status | rows |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in summary.counts.items() if v],
+    ]
+    if summary.stop_message:
+        lines += ["", f"**Stopped:** {summary.stop_message}"]
+    if summary.top_errors:
+        lines += ["", "## Most common errors", "", "| error | rows |", "|---|---|"]
+        lines += [f"| {e.replace('|', '/')} | {n} |" for e, n in summary.top_errors]
+    if summary.results_uri:
+        lines += ["", f"Results table: `{summary.results_uri}`"]
+    await create_markdown_artifact(  # type: ignore[misc]
+        key="i2v-summary", markdown="\n".join(lines), description="i2v run summary"
+    )
