@@ -57,6 +57,7 @@ async def i2v_batch(
     dest: str,
     options: BatchOptions | None = None,
     write_table: bool = True,
+    lines: list[int] | None = None,
 ) -> RunSummary:
     """Turn every row of SOURCE into DEST/videos/<id>.mp4 and DEST/results.{parquet,csv}.
 
@@ -64,12 +65,17 @@ async def i2v_batch(
         source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures.
         dest: A folder or `s3://bucket/prefix`.
         options: Model, concurrency, budget, polling and API settings.
-        write_table: False for fan-out shards, whose parent writes the merged table.
+        write_table: False for fan-out shards: the table goes only to
+            DEST/runs/<run-id>/ and the parent writes the merged DEST/results.*.
+        lines: Only these manifest lines (a fan-out shard); None for all rows.
     """
     options = options or BatchOptions()
     logger = get_run_logger()
     s3 = s3_client_for(options) if "s3://" in source + dest else None
     manifest = await asyncio.to_thread(read_rows, source, options, s3)
+    if lines is not None:
+        wanted = set(lines)
+        manifest.rows = [r for r in manifest.rows if r.line in wanted]
     ctx = RunContext(
         options=options,
         dest=open_storage(dest, s3_client=s3),
@@ -103,7 +109,12 @@ async def i2v_batch(
                 ctx.provider_slot = slot
         await asyncio.gather(*(process(ctx, job) for job in jobs))
     summary = await publish_results(
-        ctx, plans, jobs, source=source, extra_columns=manifest.extra_columns, write=write_table
+        ctx,
+        plans,
+        jobs,
+        source=source,
+        extra_columns=manifest.extra_columns,
+        publish=write_table,
     )
     logger.info(
         "done: %s; spent $%.2f; results at %s",

@@ -13,6 +13,7 @@ of every repr, message and log line.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import hashlib
 import logging
@@ -516,8 +517,6 @@ class AtlasClient:
             return
         if not names or model in names:
             return
-        import difflib  # only needed on this rare path
-
         close = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelNotFoundError(f"model {model!r} is not offered by Atlas Cloud{hint}")
@@ -731,7 +730,8 @@ class AtlasClient:
     async def download_output(
         self, url: str, sink: BinaryIO, *, chunk_size: int = 1 << 20
     ) -> DownloadResult:
-        """Stream an output file into `sink` (truncated first); returns size and SHA-256.
+        """Stream an output file into `sink` (rewound and truncated first, when it is
+        seekable); returns size and SHA-256. Nothing is held in memory but one chunk.
 
         A transport error, 429 or 5xx (even mid-stream) restarts the download from
         scratch, per the retry policy. The Atlas key is sent only if the URL is on
@@ -743,39 +743,46 @@ class AtlasClient:
         headers = self._auth() if same_origin else None
         timeout = self.timeouts.as_httpx(read=self.timeouts.download_read_s)
         attempts = max(self.retry.max_attempts, 1)
+        wrote = False
         for attempt in range(attempts):
             last = attempt == attempts - 1
-            sink.seek(0)
-            sink.truncate()
+            if sink.seekable():
+                sink.seek(0)
+                sink.truncate()
+            elif wrote:
+                raise OutputError(f"download of {shown} failed midway; the sink cannot rewind")
             digest = hashlib.sha256()
             size = 0
+            retry_reason: str | None = None
             try:
                 async with self._http.stream(
                     "GET", url, headers=headers, timeout=timeout, follow_redirects=True
                 ) as response:
-                    request_id = response.headers.get("x-request-id")
                     status = response.status_code
                     if status == 429:
                         self._rate_limited()
                     if status >= 400:
-                        if should_retry_get(status, None) and not last:
-                            await self._backoff(attempt, f"download {shown}", f"HTTP {status}")
-                            continue
-                        raise OutputError(
-                            f"download of {shown} failed: HTTP {status}",
-                            status_code=status,
-                            request_id=request_id,
-                        )
-                    async for chunk in response.aiter_bytes(chunk_size):
-                        sink.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
+                        if not (should_retry_get(status, None) and not last):
+                            raise OutputError(
+                                f"download of {shown} failed: HTTP {status}",
+                                status_code=status,
+                                request_id=response.headers.get("x-request-id"),
+                            )
+                        retry_reason = f"HTTP {status}"
+                    else:
+                        async for chunk in response.aiter_bytes(chunk_size):
+                            wrote = True
+                            sink.write(chunk)
+                            digest.update(chunk)
+                            size += len(chunk)
             except httpx.HTTPError as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                if should_retry_get(None, exc) and not last:
-                    await self._backoff(attempt, f"download {shown}", reason)
-                    continue
-                raise OutputError(f"download of {shown} failed ({reason})") from exc
+                retry_reason = f"{type(exc).__name__}: {exc}"
+                if not should_retry_get(None, exc) or last:
+                    raise OutputError(f"download of {shown} failed ({retry_reason})") from exc
+            if retry_reason is not None:
+                # Back off only after the response is closed: no connection held idle.
+                await self._backoff(attempt, f"download {shown}", retry_reason)
+                continue
             if size == 0:
                 raise OutputError(f"download of {shown} returned an empty body")
             sink.flush()

@@ -154,22 +154,34 @@ def top_errors(frame: pd.DataFrame, n: int = 5) -> list[tuple[str, int]]:
 
 
 def write_tables(
-    storage: Storage, frame: pd.DataFrame, run_id: str, summary: RunSummary
+    storage: Storage,
+    frame: pd.DataFrame,
+    run_id: str,
+    summary: RunSummary | None = None,
+    *,
+    publish: bool = True,
 ) -> dict[str, str]:
-    """Write the current table at the root and a copy plus summary under runs/<run-id>/."""
+    """Write the table and summary under runs/<run-id>/ and, if `publish`, as the
+    current table at the root. Returns where the current (or run's) table is."""
     parquet = io.BytesIO()
     frame.to_parquet(parquet, index=False)
     csv = frame.to_csv(index=False).encode("utf-8")
-    summary_json = json.dumps(summary.model_dump(), indent=1, default=str).encode()
     run_prefix = f"runs/{run_id}/"
     # History first: if the root write fails, the run's own copy is already there.
     storage.write_bytes(f"{run_prefix}results.parquet", parquet.getvalue())
     storage.write_bytes(f"{run_prefix}results.csv", csv, content_type="text/csv")
-    storage.write_bytes(f"{run_prefix}summary.json", summary_json, content_type="application/json")
-    storage.write_bytes("results.parquet", parquet.getvalue())
-    storage.write_bytes("results.csv", csv, content_type="text/csv")
+    if summary is not None:
+        summary_json = json.dumps(summary.model_dump(), indent=1, default=str).encode()
+        storage.write_bytes(
+            f"{run_prefix}summary.json", summary_json, content_type="application/json"
+        )
+    where = run_prefix
+    if publish:
+        storage.write_bytes("results.parquet", parquet.getvalue())
+        storage.write_bytes("results.csv", csv, content_type="text/csv")
+        where = ""
     return {
-        "parquet": storage.public_url("results.parquet"),
-        "csv": storage.public_url("results.csv"),
+        "parquet": storage.public_url(f"{where}results.parquet"),
+        "csv": storage.public_url(f"{where}results.csv"),
         "run": storage.public_url(run_prefix),
     }

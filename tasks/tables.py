@@ -38,12 +38,13 @@ async def publish_results(
     *,
     source: str,
     extra_columns: Sequence[str],
-    write: bool = True,
+    publish: bool = True,
 ) -> RunSummary:
-    """Write DEST/results.{parquet,csv} (and runs/<run-id>/), then the UI artifacts.
+    """Write DEST/runs/<run-id>/results.* and (unless a shard) DEST/results.*, then
+    the UI artifacts.
 
-    With `write=False` (fan-out shards) only the summary is returned; the parent flow
-    writes the merged table once.
+    Shards (`publish=False`) leave DEST/results.* to their fan-out parent, which merges
+    the shards' run tables into the one current table.
     """
     frame = result_rows(
         plans, jobs, model=ctx.model, dest=ctx.dest, extra_columns=extra_columns
@@ -65,9 +66,10 @@ async def publish_results(
         stop_message=ctx.stop_message,
         top_errors=top_errors(frame),
     )
-    if write:
-        uris = await asyncio.to_thread(write_tables, ctx.dest, frame, ctx.run_id, summary)
-        summary.results_uri = uris["parquet"]
+    uris = await asyncio.to_thread(
+        write_tables, ctx.dest, frame, ctx.run_id, summary, publish=publish
+    )
+    summary.results_uri = uris["parquet"]
     await _artifacts(frame, summary)
     return summary
 

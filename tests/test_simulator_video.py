@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 from pathlib import Path
 
@@ -27,7 +28,7 @@ COFFEE = (EXAMPLES / "coffee.png").read_bytes()
 
 def decode(video: bytes) -> tuple[float, str, str, list[np.ndarray]]:
     """(duration s, codec, pixel format, grayscale frames)."""
-    with av.open(io.BytesIO(video)) as container:
+    with av.open(io.BytesIO(video), "r") as container:
         stream = container.streams.video[0]
         codec, pix_fmt = stream.codec_context.name, str(stream.codec_context.pix_fmt)
         duration = (container.duration or 0) / 1_000_000
@@ -118,7 +119,7 @@ def test_size_is_even_and_keeps_the_aspect() -> None:
 def test_consecutive_frames_differ(videos: dict[str, list[np.ndarray]], motion: str) -> None:
     frames = videos[motion]
     assert len(frames) == 144
-    diffs = [float(np.abs(b - a).mean()) for a, b in zip(frames, frames[1:], strict=False)]
+    diffs = [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(frames)]
     assert min(diffs) > 0, f"{motion}: a frame repeats the one before"
     assert float(np.abs(frames[-1] - frames[0]).mean()) > 3, f"{motion}: barely moves"
 
@@ -156,7 +157,7 @@ def test_zoom_in_scales_the_center_up_and_zoom_out_down(
     assert zoom_factor(last, first) == pytest.approx(0.95 / 0.6, abs=0.08)
 
     first, last = videos["slow_push"][0], videos["slow_push"][-1]
-    assert zoom_factor(first, last) == pytest.approx(0.92 / 0.8, abs=0.05)  # gentle
+    assert zoom_factor(first, last) == pytest.approx(0.94 / 0.78, abs=0.06)  # gentle
 
 
 def test_orbit_rotates_the_picture(videos: dict[str, list[np.ndarray]]) -> None:
@@ -169,7 +170,8 @@ def test_orbit_rotates_the_picture(videos: dict[str, list[np.ndarray]]) -> None:
 
     # The window turns 10 degrees (and drifts a little): the best undo is a rotation.
     errors = {deg: angle_error(first, last, deg) for deg in range(-14, 15, 2)}
-    assert abs(min(errors, key=errors.__getitem__)) >= 6
+    best = min(errors.items(), key=lambda kv: kv[1])[0]
+    assert abs(best) >= 6
 
 
 def test_render_cache_renders_each_key_once_under_concurrency() -> None:

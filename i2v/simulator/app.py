@@ -686,6 +686,8 @@ class Simulator:
         total = len(video)
         if cfg.pad_output_to_bytes >= total + 8:
             total = cfg.pad_output_to_bytes
+        if request.method == "HEAD":  # size only: not a download, no failure used up
+            return Response(headers={"content-length": str(total)}, media_type="video/mp4")
         cut_at: int | None = None
         if cfg.download_failures > 0:
             cfg.download_failures -= 1

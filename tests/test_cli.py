@@ -1,0 +1,173 @@
+"""The `i2v` command: options, exit codes, messages, and a kill -9 in mid-batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from i2v.cli import app
+from tests.conftest import REPO, TEST_API_KEY
+from tests.test_batch_flow import write_manifest
+
+runner = CliRunner()
+
+
+def sim_config(tmp_path: Path, sim: Any, **extra: Any) -> Path:
+    """A YAML config pointing the CLI at an external simulator."""
+    lines = [
+        "poll_interval_s: 0.05",
+        "expected_duration_s: 0.3",
+        "timeout_s: 60",
+        "global_concurrency_limit: null",
+        *[f"{k}: {json.dumps(v)}" for k, v in extra.items()],
+        "api:",
+        "  simulator: false",
+        f"  base_url: {sim.url}",
+    ]
+    path = tmp_path / "sim.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_help_documents_every_option() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in (
+        "--dest",
+        "--config",
+        "--concurrency",
+        "--poll-interval",
+        "--timeout",
+        "--budget-usd",
+        "--dry-run",
+        "--resubmit-ambiguous",
+    ):
+        assert option in result.output, option
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    missing_dest = runner.invoke(app, ["run", "x.csv"])
+    assert missing_dest.exit_code == 2
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("concurrency: lots\n")
+    result = runner.invoke(app, ["run", "x.csv", "--dest", str(tmp_path), "--config", str(bad_config)])
+    assert result.exit_code == 2
+    assert "concurrency" in result.output
+    nofile = runner.invoke(
+        app, ["run", "x.csv", "--dest", str(tmp_path), "--config", str(tmp_path / "no.yaml")]
+    )
+    assert nofile.exit_code == 2 and "not found" in nofile.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_exit_codes_and_messages(
+    simulator: Any, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = sim_config(tmp_path, simulator)
+    good = write_manifest(pictures, [{"id": "g", "image": "rocket.jpg", "prompt": "pan left"}])
+    dest = tmp_path / "out"
+    ok = runner.invoke(app, ["run", str(good), "--dest", str(dest), "--config", str(config)])
+    assert ok.exit_code == 0, ok.output
+    assert "landed" in ok.output and "results.parquet" in ok.output
+
+    mixed = write_manifest(
+        pictures,
+        [
+            {"id": "g", "image": "rocket.jpg", "prompt": "pan left"},
+            {"id": "s", "image": "chelsea.png", "prompt": "pan left"},
+        ],
+        "mixed.csv",
+    )
+    partial = runner.invoke(app, ["run", str(mixed), "--dest", str(dest), "--config", str(config)])
+    assert partial.exit_code == 1, partial.output
+    assert "rejected" in partial.output
+
+    dry = runner.invoke(
+        app,
+        ["run", str(mixed), "--dest", str(tmp_path / "dry"), "--config", str(config), "--dry-run"],
+    )
+    assert dry.exit_code == 0 and "estimated cost" in dry.output
+
+    missing = runner.invoke(
+        app, ["run", str(tmp_path / "nope.csv"), "--dest", str(dest), "--config", str(config)]
+    )
+    assert missing.exit_code == 2 and "nope.csv" in missing.output
+
+    before = sum(simulator.stats.responses_by_status.values())
+    monkeypatch.delenv("ATLASCLOUD_API_KEY")
+    nokey = runner.invoke(
+        app, ["run", str(good), "--dest", str(tmp_path / "k"), "--config", str(config)]
+    )
+    assert nokey.exit_code == 2
+    assert "ATLASCLOUD_API_KEY" in nokey.output
+    assert sum(simulator.stats.responses_by_status.values()) == before, "no request without a key"
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "i2v.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _phases(dest: Path) -> list[str]:
+    out = []
+    for p in (dest / "_state").glob("*.json"):
+        try:
+            out.append(json.loads(p.read_text())["phase"])
+        except (ValueError, KeyError, OSError):
+            out.append("partial")
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_while_polling_then_rerun_lands_all_without_paying_twice(
+    make_simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    sim = make_simulator(latency_s=6.0)
+    rows = [{"id": f"k{i}", "image": "coffee.png", "prompt": f"pan right {i}"} for i in range(6)]
+    manifest = write_manifest(pictures, rows)
+    dest = tmp_path / "out"
+    config = sim_config(tmp_path, sim, concurrency=6)
+    env = {
+        **os.environ,
+        "ATLASCLOUD_API_KEY": TEST_API_KEY,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    args = ["run", str(manifest), "--dest", str(dest), "--config", str(config)]
+    proc = _cli(args, env)
+    deadline = time.monotonic() + 120
+    # Every input has its prediction id recorded: no POST is on the wire, all are paid.
+    while _phases(dest).count("submitted") < 6:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "batch never got all rows submitted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert sim.stats.jobs_created == 6
+    assert not (dest / "results.parquet").exists()
+
+    rerun = _cli(args, env)
+    output = rerun.communicate(timeout=180)[0].decode()
+    assert rerun.returncode == 0, output
+    table = pd.read_parquet(dest / "results.parquet")
+    assert set(table["status"]) == {"landed"}
+    assert sim.stats.jobs_created == 6
+    assert max(sim.stats.submissions_per_input.values()) == 1
+    assert TEST_API_KEY not in output
