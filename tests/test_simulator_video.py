@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -66,11 +67,13 @@ def zoom_factor(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def videos() -> dict[str, list[np.ndarray]]:
     """Frames of every motion over the rocket picture (6 s, 320 px, 24 fps)."""
-    out = {}
-    for motion in MOTIONS:
-        video = cached_render(ROCKET, motion=motion, duration_s=6, width=320, fps=24)
-        out[motion] = decode(video)[3]
-    return out
+
+    def frames(motion: str) -> list[np.ndarray]:
+        return decode(cached_render(ROCKET, motion=motion, duration_s=6, width=320, fps=24))[3]
+
+    # Encoding and resampling release the GIL: two threads use both cores.
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(MOTIONS, pool.map(frames, MOTIONS), strict=True))
 
 
 @pytest.mark.parametrize(

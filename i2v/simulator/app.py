@@ -22,11 +22,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -53,6 +53,8 @@ MAX_ASPECT = 2.5  # 2:5 .. 5:2
 MODERATION_ERROR_CODE = 1039
 FALLBACK_DURATION_S = 6  # for models without a duration input (i2v-pro, t2v-pro)
 _ZEROS = bytes(OUTPUT_CHUNK)
+_INLINE_LIMIT = 256 * 1024  # bigger bodies are parsed off the event loop
+T = TypeVar("T")
 _CONTROL_PATHS = ("/_sim/stats", "/_sim/config", "/_sim/reset")
 
 
@@ -192,6 +194,14 @@ class Job:
 
     def status(self, now: float) -> str:
         return "processing" if now < self.ends_at else self.outcome
+
+
+async def _off_loop_if_large(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args), in a worker thread when the input is big enough to stall the event loop
+    (a 27 MB base64 body), inline otherwise (a thread hop costs more than a small parse)."""
+    if size > _INLINE_LIMIT:
+        return await anyio.to_thread.run_sync(fn, *args)
+    return fn(*args)
 
 
 def _picture_problem(data: bytes) -> str | None:
@@ -381,19 +391,23 @@ class Simulator:
         assert isinstance(exc, HTTPException)
         return error_response(exc.status_code, str(exc.detail))
 
+    def _random(self) -> random.Random:
+        """The RNG, re-seeded when the `seed` knob changed since it was last used."""
+        if self.config.seed != self._rng_seed:
+            self._rng = random.Random(self.config.seed)
+            self._rng_seed = self.config.seed
+        return self._rng
+
     def _roll(self, probability: float) -> bool:
         if probability <= 0:
             return False
         if probability >= 1:
             return True
-        if self.config.seed != self._rng_seed:  # the seed knob changed at runtime
-            self._rng = random.Random(self.config.seed)
-            self._rng_seed = self.config.seed
-        return self._rng.random() < probability
+        return self._random().random() < probability
 
     def _maybe_5xx(self) -> None:
         if self._roll(self.config.rate_5xx):
-            status = self._rng.choice((500, 503))
+            status = self._random().choice((500, 503))
             raise ApiError(
                 status, "internal server error" if status == 500 else "service unavailable"
             )
@@ -428,7 +442,7 @@ class Simulator:
         )
         if not data:
             raise ApiError(400, "the uploaded file is empty")
-        sha = hashlib.sha256(data).hexdigest()
+        sha = (await _off_loop_if_large(len(data), hashlib.sha256, data)).hexdigest()
         self._blobs.setdefault(sha, data)
         token = uuid.uuid4().hex
         self._media[token] = _Media(sha, file_name, content_type, len(data))
@@ -501,7 +515,7 @@ class Simulator:
             if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
                 raise ApiError(400, "image is larger than 20 MB")
             try:
-                return base64.b64decode(payload, validate=False)
+                return await _off_loop_if_large(len(payload), base64.b64decode, payload)
             except (binascii.Error, ValueError):
                 raise ApiError(400, "image data URI is not valid base64") from None
         parts = urlsplit(image)
@@ -537,7 +551,7 @@ class Simulator:
 
     async def _picture(self, data: bytes) -> str:
         """The sha256 of an accepted picture, stored for rendering; 400 when refused."""
-        sha = await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        sha = (await _off_loop_if_large(len(data), hashlib.sha256, data)).hexdigest()
         if sha not in self._picture_checks:
             self._picture_checks[sha] = await anyio.to_thread.run_sync(_picture_problem, data)
         problem = self._picture_checks[sha]
@@ -549,7 +563,7 @@ class Simulator:
     async def _generate(self, request: Request) -> Response:
         body = await self._read_body(request)
         try:
-            payload = json.loads(body)
+            payload = await _off_loop_if_large(len(body), json.loads, body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ApiError(400, "request body must be a JSON object") from None
         if not isinstance(payload, dict):
@@ -577,7 +591,7 @@ class Simulator:
             outcome = "stuck"
         latency = cfg.latency_s
         if cfg.latency_jitter_s > 0:
-            latency += self._rng.uniform(-cfg.latency_jitter_s, cfg.latency_jitter_s)
+            latency += self._random().uniform(-cfg.latency_jitter_s, cfg.latency_jitter_s)
         job = Job(
             id=uuid.uuid4().hex,
             model=spec.name,
