@@ -1,8 +1,8 @@
 """The batch flow: rows in, videos and a results table out, never paying twice.
 
-    read rows -> check pictures -> for each distinct input:
-        upload -> generate -> poll -> land (+ copies for duplicate rows)
-    -> results table (DEST/results.parquet, .csv) and artifacts
+read rows -> check pictures -> for each distinct input:
+    upload -> generate -> poll -> land (+ copies for duplicate rows)
+-> results table (DEST/results.parquet, .csv) and artifacts
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.common import atlas_client, provider_slot_factory, s3_client_for
+from flows.common import atlas_client, opaque, provider_slot_factory, s3_client_for
 from i2v.config import BatchOptions
 from i2v.errors import AmbiguousSubmissionError, I2VError, InputError
 from i2v.pipeline import (
@@ -35,6 +35,7 @@ from i2v.pipeline import (
     outcome_of,
     place_copies,
     preflight,
+    remember_output,
     video_present,
 )
 from i2v.results import RunSummary
@@ -83,7 +84,7 @@ async def i2v_batch(
         s3_client=s3,
         logger=logger,
     )
-    plans = await check_pictures(manifest, options, s3)
+    plans = await check_pictures(opaque(manifest), options, opaque(s3))
     jobs = group_jobs(plans, options)
     await load_records(ctx, jobs)
     logger.info(
@@ -109,9 +110,9 @@ async def i2v_batch(
                 ctx.provider_slot = slot
         await asyncio.gather(*(process(ctx, job) for job in jobs))
     summary = await publish_results(
-        ctx,
-        plans,
-        jobs,
+        opaque(ctx),
+        opaque(plans),
+        opaque(jobs),
         source=source,
         extra_columns=manifest.extra_columns,
         publish=write_table,
@@ -172,22 +173,28 @@ async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
             record.moved(Phase.AMBIGUOUS, ctx.run_id) if record else record,
         )
     paid = 0.0
-    if action in (Action.SUBMIT, Action.POLL):
-        if action is Action.SUBMIT and ctx.stop_reason is not None:
+    if action is Action.SUBMIT:
+        if ctx.stop_reason is not None:
             raise NotSubmitted(ctx.stop_message or "submissions stopped")
-        async with ctx.limiter.slot(), ctx.provider_slot():
-            if action is Action.SUBMIT:
-                image_url = await upload_picture(ctx, job)
-                record = await submit_generation(ctx, job, image_url)
+        # Upload ahead of the in-flight slot so a slot is only held while the provider
+        # works; the prefetch bound keeps temporary upload URLs from going stale.
+        async with ctx.prefetch:
+            image_url = await upload_picture(opaque(ctx), opaque(job))
+            async with ctx.limiter.slot(), ctx.provider_slot():
+                record = await submit_generation(opaque(ctx), opaque(job), image_url)
                 paid = record.cost_usd or 0.0
                 ctx.emit("submitted", job)
+                record = await wait_for_video(opaque(ctx), opaque(job), opaque(record))
+    elif action is Action.POLL:
+        async with ctx.limiter.slot(), ctx.provider_slot():
             assert record is not None
-            record = await wait_for_video(ctx, job, record)
+            record = await wait_for_video(opaque(ctx), opaque(job), opaque(record))
     assert record is not None
     if record.phase is Phase.SUCCEEDED:
         try:
-            record = await land_video(ctx, job, record)
+            record = await land_video(opaque(ctx), opaque(job), opaque(record))
         except Exception as exc:
+            await remember_output(ctx, job, record)
             return JobOutcome(
                 RowStatus.FAILED,
                 error=f"landing failed ({exc}); the video is paid for and the next run lands "

@@ -30,6 +30,7 @@ from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Crashed
 from pydantic import BaseModel, Field
 
 from flows.batch import dry_run_summary, new_run_id
@@ -53,6 +54,7 @@ from tasks.tables import TABLE_ARTIFACT_COLUMNS
 
 POLL_S = 2.0  # how often the parent reads its shards' states
 NO_WORKER_WARNING_S = 120.0  # shards still waiting after this: say no worker takes them
+FANOUT_PROGRESS_KEY = "i2v-fanout-progress"
 _STATS = ("submissions", "uploads", "polls", "downloads")
 
 
@@ -151,7 +153,7 @@ async def i2v_fanout(
         return await _dry_run(options, storage, run_id, s3, source, plans, shards)
 
     runs = await _launch(shards, source, dest, options, deployment)
-    reporter = ProgressReporter(label="rows")
+    reporter = ProgressReporter(FANOUT_PROGRESS_KEY, label="rows")
     await reporter.start(len(plans))
     try:
         finished = await _wait(runs, shards, reporter)
@@ -265,6 +267,12 @@ async def _wait(
             fresh = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending)))
             )
+            for gone in pending - {run.id for run in fresh}:  # deleted by someone
+                logger.warning("shard flow run %s no longer exists", latest[gone].name)
+                pending.discard(gone)
+                latest[gone] = latest[gone].model_copy(
+                    update={"state": Crashed(message="the shard's flow run was deleted")}
+                )
             for run in fresh:
                 latest[run.id] = run
                 name = _state_name(run)
@@ -317,16 +325,13 @@ def _merge(
             state=state,
             message=(run.state.message if run.state else None) or None,
         )
-        # The shard names its folder <UTC stamp>-<flow run id[:8]>; a retried shard
-        # wrote more than one, and the stamp sorts the latest last.
-        mine = [d for d in run_dirs if d.endswith(f"-{str(run.id)[:8]}")]
-        table = _read_table(storage, f"runs/{mine[-1]}/results.parquet") if mine else None
         wanted = set(lines)
-        if table is not None:
-            assert mine
-            report.run_id = mine[-1]
+        found = _shard_table(storage, run_dirs, str(run.id), wanted)
+        table = found[1] if found else None
+        if found is not None and table is not None:
+            report.run_id = found[0]
             table = table[table["line"].isin(wanted)]
-            raw = storage.read_bytes(f"runs/{mine[-1]}/summary.json")
+            raw = storage.read_bytes(f"runs/{found[0]}/summary.json")
             if raw:
                 shard_summary = RunSummary.model_validate(json.loads(raw))
                 report.spent_usd = shard_summary.spent_usd
@@ -363,9 +368,22 @@ def _state_name(run: FlowRun) -> str:
     return run.state.name or run.state.type.value.title()
 
 
-def _read_table(storage: Storage, key: str) -> pd.DataFrame | None:
-    raw = storage.read_bytes(key)
-    return None if raw is None else pd.read_parquet(io.BytesIO(raw))
+def _shard_table(
+    storage: Storage, run_dirs: list[str], flow_run_id: str, lines: set[int]
+) -> tuple[str, pd.DataFrame] | None:
+    """The shard's run folder and table: named <UTC stamp>-<flow run id[:8]>, newest
+    first (a retried shard writes one per attempt), and holding only this shard's lines
+    (a guard should two flow run ids ever share their first 8 characters)."""
+    suffix = f"-{flow_run_id[:8]}"
+    for run_dir in reversed([d for d in run_dirs if d.endswith(suffix)]):
+        raw = storage.read_bytes(f"runs/{run_dir}/results.parquet")
+        if raw is None:
+            continue
+        table = pd.read_parquet(io.BytesIO(raw))
+        got = set(table["line"].dropna().astype(int))
+        if got and got <= lines:
+            return run_dir, table
+    return None
 
 
 async def _dry_run(

@@ -47,8 +47,11 @@ def run(
     dest: Annotated[str, typer.Option("--dest", help="A folder or s3://bucket/prefix.")],
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="YAML options (configs/local.yaml: simulator; "
-                     "configs/atlascloud.yaml: production)."),
+        typer.Option(
+            "--config",
+            help="YAML options (configs/local.yaml: simulator; "
+            "configs/atlascloud.yaml: production).",
+        ),
     ] = None,
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", min=1, help="Predictions in flight at once.")
@@ -59,8 +62,12 @@ def run(
     ] = None,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=0, help="Per-prediction deadline in seconds (timed_out "
-                     "rows keep their prediction id and are polled again next run)."),
+        typer.Option(
+            "--timeout",
+            min=0,
+            help="Per-prediction deadline in seconds (timed_out "
+            "rows keep their prediction id and are polled again next run).",
+        ),
     ] = None,
     budget_usd: Annotated[
         float | None,
@@ -71,8 +78,11 @@ def run(
     ] = False,
     resubmit_ambiguous: Annotated[
         bool,
-        typer.Option("--resubmit-ambiguous", help="Resubmit inputs whose earlier submission's "
-                     "answer was lost. May pay twice for those inputs."),
+        typer.Option(
+            "--resubmit-ambiguous",
+            help="Resubmit inputs whose earlier submission's "
+            "answer was lost. May pay twice for those inputs.",
+        ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
@@ -125,9 +135,7 @@ def _run_flow(source: str, dest: str, options: Any) -> int:
             counts[str(outcome.status)] = counts.get(str(outcome.status), 0) + len(job.rows)
             progress.advance(bar, len(job.rows))
         detail = " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        progress.update(
-            bar, detail=f"{detail}  in flight {len(in_flight)}  ${spent[0]:.2f}"
-        )
+        progress.update(bar, detail=f"{detail}  in flight {len(in_flight)}  ${spent[0]:.2f}")
 
     pipeline.LISTENERS.append(listener)
     try:

@@ -7,9 +7,8 @@ from `ATLASCLOUD_API_KEY`.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,7 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from i2v.errors import ConfigError
 from i2v.models import DEFAULT_MODEL, MODELS
 
-ModelName = StrEnum("ModelName", {name: name for name in MODELS})  # type: ignore[misc]
+# Spelled out (not built from MODELS) so type checkers and the Prefect form see an enum.
+ModelName = Literal[
+    "minimax/hailuo-2.3/i2v-standard",
+    "minimax/hailuo-2.3/i2v-pro",
+    "minimax/hailuo-2.3/fast",
+    "minimax/hailuo-2.3/t2v-standard",
+    "minimax/hailuo-2.3/t2v-pro",
+]
+assert set(get_args(ModelName)) == set(MODELS), "ModelName must list exactly i2v.models.MODELS"
+assert get_args(ModelName)[0] == DEFAULT_MODEL
 
 DEFAULT_PRICES_USD: dict[str, float] = {name: 0.28 for name in MODELS}
 
@@ -51,8 +59,8 @@ class BatchOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
-    model: ModelName = Field(  # type: ignore[valid-type]
-        DEFAULT_MODEL, description="Atlas Cloud model to run."
+    model: ModelName = Field(
+        "minimax/hailuo-2.3/i2v-standard", description="Atlas Cloud model to run."
     )
     duration: Literal[6, 10] = Field(6, description="Seconds, for rows that leave it empty.")
     prompt: str = Field("", description="Prompt for rows that leave it empty.", max_length=2000)
@@ -91,7 +99,7 @@ class BatchOptions(BaseModel):
     aws_credentials_block: str | None = Field(
         None, description="prefect-aws AwsCredentials block; else the standard AWS chain."
     )
-    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     def price(self, duration: int | None) -> float:
         """Price of one video of this run's model at `duration`."""

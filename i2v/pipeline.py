@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -121,6 +122,7 @@ class Job:
     options: dict[str, Any]
     record: InputRecord | None = None
     outcome: JobOutcome | None = None
+    submitted_monotonic: float | None = None  # when this run's POST was answered
 
     @property
     def primary(self) -> RowPlan:
@@ -184,6 +186,8 @@ class RunContext:
         self.budget = Budget(options.budget_usd)
         self.upload_gate = asyncio.Semaphore(max(4, min(32, options.concurrency)))
         self.land_gate = asyncio.Semaphore(max(4, min(16, options.concurrency)))
+        self.prefetch = asyncio.Semaphore(options.concurrency * 2)
+        self.uploads: dict[str, asyncio.Future[str]] = {}
         self.stop_reason: StopReason | None = None
         self.stop_message: str | None = None
         self.stats = RunStats()
@@ -237,6 +241,20 @@ async def check_rows(
     spec = get_model(str(options.model))
     model_options = model_options_of(options)
     gate = asyncio.Semaphore(workers)
+    # One read and decode per distinct picture, however many rows use it.
+    checked: dict[str, asyncio.Future[ImageInfo]] = {}
+
+    async def check_picture(row: ManifestRow) -> ImageInfo:
+        assert row.image_location is not None
+        pending = checked.get(row.image_location)
+        if pending is None:
+
+            async def read() -> ImageInfo:
+                async with gate:
+                    return await asyncio.to_thread(_read_and_check, row, s3_client)
+
+            pending = checked[row.image_location] = asyncio.ensure_future(read())
+        return await asyncio.shield(pending)
 
     async def one(row: ManifestRow) -> RowPlan:
         plan = RowPlan(row=row)
@@ -251,9 +269,7 @@ async def check_rows(
                 duration=row.duration,
                 options=model_options,
             )
-            assert row.image_location is not None
-            async with gate:
-                info = await asyncio.to_thread(_read_and_check, row, s3_client)
+            info = await check_picture(row)
         except InputError as exc:
             plan.error = str(exc)
             return plan
@@ -381,15 +397,32 @@ async def image_url_for(ctx: RunContext, job: Job) -> str:
         return await asyncio.to_thread(presign_location, location, s3_client=ctx.s3_client)
     if location.startswith("http://"):  # loopback only: the manifest refused the rest
         return location
+    # Rows with different prompts often share a picture: upload each picture once per
+    # run, and let concurrent jobs wait for the same upload.
+    pending = ctx.uploads.get(job.picture.sha256)
+    if pending is None:
+        pending = asyncio.ensure_future(_upload_once(ctx, job))
+        ctx.uploads[job.picture.sha256] = pending
+    try:
+        return await asyncio.shield(pending)
+    except BaseException:
+        if pending.done() and ctx.uploads.get(job.picture.sha256) is pending:
+            del ctx.uploads[job.picture.sha256]  # a failed upload may be retried
+        raise
+
+
+async def _upload_once(ctx: RunContext, job: Job) -> str:
+    location = job.image_location
     async with ctx.upload_gate:
         data = await asyncio.to_thread(
             read_location, location, s3_client=ctx.s3_client, max_bytes=MAX_IMAGE_BYTES
         )
-        info = check_image(data, name=job.primary.row.image)
-        if info.sha256 != job.picture.sha256:
+        # The bytes were decoded and checked when the rows were read; a matching digest
+        # proves these are the same checked bytes, and never uploads anything else.
+        if hashlib.sha256(data).hexdigest() != job.picture.sha256:
             raise InputError(f"{job.primary.row.image} changed while the run was going on")
         uploaded = await ctx.client.upload_media(
-            data, filename=Path(location).name or "picture", content_type=info.content_type
+            data, filename=Path(location).name or "picture", content_type=job.picture.content_type
         )
         ctx.stats.uploads += 1
         return uploaded.download_url
@@ -473,6 +506,7 @@ async def submit(ctx: RunContext, job: Job, image_url: str) -> InputRecord:
         if isinstance(exc, BadRequestError):
             raise Rejected(f"the provider refused the request: {exc}") from None
         raise NotSubmitted(f"not submitted: rate limited by Atlas Cloud ({exc}); rerun") from None
+    job.submitted_monotonic = time.monotonic()
     ctx.budget.commit(cost)
     ctx.limiter.on_success()
     ctx.stats.submissions += 1
@@ -531,7 +565,7 @@ async def wait(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
             pid,
             deadline_s=ctx.options.timeout_s,
             schedule=ctx.schedule,
-            submitted_monotonic=time.monotonic() if record.phase is Phase.SUBMITTED else None,
+            submitted_monotonic=job.submitted_monotonic,
             on_poll=count,
         )
     except PredictionFailedError as exc:
@@ -578,7 +612,11 @@ async def wait(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
         )
     finally:
         ctx.stats.polls += polls
-    await _put_with_retry(ctx, record)
+    if record.phase is not Phase.SUCCEEDED:
+        await _put_with_retry(ctx, record)
+    # A success is persisted by `land` (as landed) or by `remember_output` if landing
+    # fails: until then the durable record says "submitted", which a rerun resumes by
+    # polling, for free. One write fewer per row on the hot path.
     job.record = record
     ctx.log.debug("%s: %d polls for %s", job.name, polls, pid)
     return record
@@ -610,8 +648,7 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
             await asyncio.to_thread(check_mp4_file, tmp)
             await asyncio.to_thread(ctx.dest.put_file, key, tmp, content_type="video/mp4")
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
     record = record.moved(
         Phase.LANDED,
         ctx.run_id,
@@ -624,6 +661,12 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
     await _put_with_retry(ctx, record)
     job.record = record
     return record
+
+
+async def remember_output(ctx: RunContext, job: Job, record: InputRecord) -> None:
+    """Landing failed: keep the output URL so the next run lands without polling."""
+    with contextlib.suppress(StorageError):
+        await ctx.put_state(record)
 
 
 async def place_copies(ctx: RunContext, job: Job, record: InputRecord) -> None:

@@ -6,7 +6,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from pydantic import BaseModel, Field
@@ -97,7 +97,7 @@ def result_rows(
     columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
     frame = pd.DataFrame.from_records(records, columns=columns)
     for col, dtype in DTYPES.items():
-        frame[col] = frame[col].astype(dtype)
+        frame[col] = frame[col].astype(cast(Any, dtype))
     for col in columns:
         if col not in DTYPES:
             frame[col] = frame[col].astype("string")

@@ -9,8 +9,8 @@ from prefect.cache_policies import NO_CACHE
 
 from i2v import pipeline
 from i2v.config import BatchOptions
-from i2v.manifest import Manifest, read_manifest
 from i2v.errors import StorageError
+from i2v.manifest import Manifest, read_manifest
 from i2v.models import get_model
 from tasks._retry import retry_on
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any, cast
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -46,9 +47,7 @@ async def publish_results(
     Shards (`publish=False`) leave DEST/results.* to their fan-out parent, which merges
     the shards' run tables into the one current table.
     """
-    frame = result_rows(
-        plans, jobs, model=ctx.model, dest=ctx.dest, extra_columns=extra_columns
-    )
+    frame = result_rows(plans, jobs, model=ctx.model, dest=ctx.dest, extra_columns=extra_columns)
     summary = RunSummary(
         run_id=ctx.run_id,
         source=source,
@@ -79,11 +78,13 @@ async def _artifacts(frame: object, summary: RunSummary) -> None:
 
     assert isinstance(frame, pd.DataFrame)
     table = (
-        frame[TABLE_ARTIFACT_COLUMNS].astype(object).where(frame[TABLE_ARTIFACT_COLUMNS].notna(), "")
+        frame[TABLE_ARTIFACT_COLUMNS]
+        .astype(object)
+        .where(frame[TABLE_ARTIFACT_COLUMNS].notna(), "")
     )
     await create_table_artifact(  # type: ignore[misc]
         key="i2v-results",
-        table=table.to_dict(orient="records"),
+        table=cast(list[dict[str, Any]], table.to_dict(orient="records")),
         description=f"Results of run {summary.run_id} into {summary.dest}",
     )
     lines = [

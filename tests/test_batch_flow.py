@@ -93,21 +93,46 @@ def mixed_manifest(pictures: Path) -> Path:
     return write_manifest(
         pictures,
         [
-            {"id": "a", "image": "astronaut.png", "prompt": "pan right", "duration": "6",
-             "team": "red"},
-            {"id": "b", "image": "coffee.png", "prompt": "zoom in", "duration": "10",
-             "team": "blue"},
-            {"id": "b-dup", "image": "coffee.png", "prompt": "zoom in", "duration": "10",
-             "team": "blue, again"},
+            {
+                "id": "a",
+                "image": "astronaut.png",
+                "prompt": "pan right",
+                "duration": "6",
+                "team": "red",
+            },
+            {
+                "id": "b",
+                "image": "coffee.png",
+                "prompt": "zoom in",
+                "duration": "10",
+                "team": "blue",
+            },
+            {
+                "id": "b-dup",
+                "image": "coffee.png",
+                "prompt": "zoom in",
+                "duration": "10",
+                "team": "blue, again",
+            },
             {"id": "missing", "image": "nope.png", "prompt": "x", "duration": "6", "team": ""},
             {"id": "text", "image": "notes.png", "prompt": "x", "duration": "6", "team": ""},
             {"id": "small", "image": "chelsea.png", "prompt": "x", "duration": "6", "team": ""},
             {"id": "wide", "image": "wide.png", "prompt": "x", "duration": "6", "team": ""},
             {"id": "seven", "image": "rocket.jpg", "prompt": "x", "duration": "7", "team": ""},
-            {"id": "long", "image": "rocket.jpg", "prompt": "p" * 2001, "duration": "6",
-             "team": ""},
-            {"id": "moderated", "image": "rocket.jpg", "prompt": "something nsfw",
-             "duration": "6", "team": "grey"},
+            {
+                "id": "long",
+                "image": "rocket.jpg",
+                "prompt": "p" * 2001,
+                "duration": "6",
+                "team": "",
+            },
+            {
+                "id": "moderated",
+                "image": "rocket.jpg",
+                "prompt": "something nsfw",
+                "duration": "6",
+                "team": "grey",
+            },
         ],
     )
 
@@ -225,7 +250,7 @@ def test_timed_out_keeps_id_and_next_run_polls_it(
     row = pd.read_parquet(dest / "results.parquet").iloc[0]
     assert row["status"] == "timed_out" and row["prediction_id"]
     assert first.exit_code == 1
-    simulator.config.stuck_trigger = "no prompt contains this"
+    assert simulator.finish_stuck() == 1
     second = run_batch(manifest, dest, options_for(simulator))
     row2 = pd.read_parquet(dest / "results.parquet").iloc[0]
     assert second.exit_code == 0
@@ -288,8 +313,7 @@ def test_balance_runs_out_then_rerun_finishes(
     simulator: Any, pictures: Path, tmp_path: Path
 ) -> None:
     rows = [
-        {"id": f"r{i}", "image": "astronaut.png", "prompt": f"pan left, take {i}"}
-        for i in range(5)
+        {"id": f"r{i}", "image": "astronaut.png", "prompt": f"pan left, take {i}"} for i in range(5)
     ]
     manifest = write_manifest(pictures, rows)
     dest = tmp_path / "out"
@@ -368,8 +392,8 @@ def test_state_records_live_with_dest(simulator: Any, pictures: Path, tmp_path: 
     assert len(records) == 1
     rec = json.loads(records[0].read_text())
     assert rec["phase"] == "landed" and rec["prediction_id"]
-    assert [e["phase"] for e in rec["history"]] == ["submitting", "submitted", "succeeded",
-                                                   "landed"]
+    phases = [e["phase"] for e in rec["history"]]
+    assert phases == ["submitting", "submitted", "succeeded", "landed"]
     # Another "machine": a copy of DEST resumes with nothing to do.
     other = tmp_path / "elsewhere"
     shutil.copytree(dest, other)

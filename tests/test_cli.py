@@ -60,7 +60,9 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert missing_dest.exit_code == 2
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("concurrency: lots\n")
-    result = runner.invoke(app, ["run", "x.csv", "--dest", str(tmp_path), "--config", str(bad_config)])
+    result = runner.invoke(
+        app, ["run", "x.csv", "--dest", str(tmp_path), "--config", str(bad_config)]
+    )
     assert result.exit_code == 2
     assert "concurrency" in result.output
     nofile = runner.invoke(

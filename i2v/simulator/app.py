@@ -435,6 +435,18 @@ class Simulator:
 
     # ---- /api/v1 ----
 
+    def finish_stuck(self) -> int:
+        """Let every stuck job complete now (tests of resuming a timed-out prediction)."""
+        now = time.monotonic()
+        n = 0
+        for job_id, job in list(self.jobs.items()):
+            if job.outcome == "stuck":
+                self.jobs[job_id] = dataclasses.replace(
+                    job, outcome="completed", latency_s=max(0.0, now - job.created)
+                )
+                n += 1
+        return n
+
     async def _upload(self, request: Request) -> Response:
         body = await self._read_body(request)
         file_name, content_type, data = await anyio.to_thread.run_sync(

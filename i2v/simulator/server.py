@@ -86,6 +86,10 @@ class SimulatorHandle:
     def stats(self) -> SimulatorStats:
         return self.simulator.stats
 
+    def finish_stuck(self) -> int:
+        """Let every stuck job complete now; returns how many."""
+        return self.simulator.finish_stuck()
+
     def reset_stats(self) -> None:
         """Zero the counters (jobs still processing stay in flight)."""
         self.simulator.stats.reset()

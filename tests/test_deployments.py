@@ -1,0 +1,514 @@
+"""Deployments against a real `prefect server`: deploy from deployments/prefect.yaml, two
+process workers, the fan-out over 24 rows in 4 shards under a global concurrency limit;
+and the fan-out's shard planning and merging on their own.
+
+Everything runs on loopback: the server and the workers are subprocesses with their own
+PREFECT_HOME; the Atlas simulator serves from this process. The Atlas key reaches the
+runs only through a Prefect Secret block: the workers' ATLASCLOUD_API_KEY is a wrong key
+the simulator refuses, so a run that did not read the block would fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from i2v.models import MODELS
+from tests.conftest import EXAMPLES, REPO, TEST_API_KEY, free_port
+
+pytestmark = [pytest.mark.timeout(420)]
+
+BIN = Path(sys.executable).parent
+POOL = "i2v-process"
+LIMIT = 3
+WORKERS = ("i2v-w1", "i2v-w2")
+SECRET_BLOCK = "atlascloud-test-key"
+SECRET_VALUE = f"sk-block-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Stack:
+    """The server, its environment for child processes, and what was started."""
+
+    url: str
+    env: dict[str, str]
+    logs: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    deployments: dict[str, Any] = field(default_factory=dict)
+
+    def cli(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{out}"
+        return out
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), *args],
+            cwd=self.logs,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: torn down as one
+        )
+        self.procs.append(proc)
+        return proc
+
+    def log_text(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _descendants(pids: set[int]) -> set[int]:
+    """All living descendants of `pids` (Linux /proc), so runs in their own sessions go too."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _teardown(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop every started process group and anything they spawned, whatever happened."""
+    tree = _descendants({p.pid for p in procs})
+    for proc in reversed(procs):  # workers before the server
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _client(url: str) -> Any:
+    """A sync Prefect client for `url` (the session harness may point elsewhere)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @contextlib.contextmanager
+    def opened() -> Iterator[Any]:
+        with (
+            temporary_settings(updates={PREFECT_API_URL: url}),
+            get_client(sync_client=True) as client,
+        ):
+            yield client
+
+    return opened()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A prefect server, the pool, the limit, the three deployments and two workers."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    inbox = tmp_path_factory.mktemp("inbox")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "I2V_"))}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_LOGGING_LEVEL="INFO",
+        # Busy slots answer "retry after N s", N up to 30 s by default: too coarse for
+        # 1-second predictions (production: see the README's concurrency notes).
+        PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="1",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_HEARTBEAT_SECONDS="5",
+        I2V_INBOX=str(inbox),
+        I2V_DEST_ROOT=str(inbox / "out"),
+        # Wrong on purpose: the runs must take the key from the Secret block.
+        ATLASCLOUD_API_KEY=TEST_API_KEY,
+    )
+    s = Stack(url=url, env=env, logs=tmp_path_factory.mktemp("logs"))
+    try:
+        s.spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            assert s.procs[0].poll() is None, s.log_text("server")
+            assert time.monotonic() < deadline, "server did not start:\n" + s.log_text("server")
+            time.sleep(0.5)
+        s.cli("work-pool", "create", POOL, "--type", "process")
+        s.cli("gcl", "create", "atlascloud", "--limit", str(LIMIT))
+        s.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
+        with _client(url) as client:
+            for name in ("i2v-batch/batch", "i2v-fanout/fanout", "i2v-inbox/inbox"):
+                s.deployments[name] = client.read_deployment_by_name(name)
+            # The inbox schedule would tick every 10 minutes: not during this test.
+            inbox_dep = s.deployments["i2v-inbox/inbox"]
+            for sched in inbox_dep.schedules:
+                client.update_deployment_schedule(inbox_dep.id, sched.id, active=False)
+        for name in WORKERS:
+            s.spawn(name, "worker", "start", "--pool", POOL, "--name", name, "--limit", "3")
+        yield s
+    finally:
+        _teardown(s.procs)
+
+
+# ----------------------------------------------------------------------- schemas
+
+
+@pytest.mark.server
+def test_deployment_parameter_schemas(stack: Stack) -> None:
+    batch = stack.deployments["i2v-batch/batch"]
+    fanout = stack.deployments["i2v-fanout/fanout"]
+    inbox = stack.deployments["i2v-inbox/inbox"]
+    for dep in (batch, fanout, inbox):
+        assert dep.work_pool_name == POOL
+        assert dep.enforce_parameter_schema is True
+        # The pull step runs the flows from this checkout, whatever the worker's cwd.
+        steps = dep.pull_steps or []
+        assert steps, dep.name
+        assert steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+
+    schema = batch.parameter_openapi_schema
+    props = schema["properties"]
+    assert schema["required"] == ["source", "dest"]
+    assert props["source"]["type"] == "string" and props["dest"]["type"] == "string"
+    assert props["write_table"] == {**props["write_table"], "type": "boolean", "default": True}
+    options_ref = {a.get("$ref") for a in props["options"]["anyOf"]}
+    assert "#/definitions/BatchOptions" in options_ref
+    defs = schema["definitions"]
+    opts = defs["BatchOptions"]["properties"]
+    model = opts["model"]
+    if "$ref" in model:  # an Enum class is a definition; a Literal is inline
+        model = {**defs[model["$ref"].rsplit("/", 1)[1]], **model}
+    assert sorted(model["enum"]) == sorted(MODELS)
+    assert model["default"] == "minimax/hailuo-2.3/i2v-standard"
+    assert opts["duration"]["enum"] == [6, 10] and opts["duration"]["default"] == 6
+    assert opts["concurrency"]["type"] == "integer" and opts["concurrency"]["default"] == 8
+    assert opts["concurrency"]["minimum"] == 1
+    assert opts["global_concurrency_limit"]["default"] == "atlascloud"
+    assert opts["s3_pictures"]["enum"] == ["presign", "upload"]
+    assert "budget_usd" in opts and "description" in opts["budget_usd"]
+    # Secrets are never parameters: only the NAME of the Secret block is.
+    assert "api_key" not in defs["ApiSettings"]["properties"]
+    assert "api_key_secret_block" in defs["ApiSettings"]["properties"]
+
+    fprops = fanout.parameter_openapi_schema["properties"]
+    assert fprops["shard_size"]["type"] == "integer" and fprops["shard_size"]["default"] == 50
+    assert fprops["deployment"]["default"] == "i2v-batch/batch"
+    assert "BatchOptions" in fanout.parameter_openapi_schema["definitions"]
+
+    iprops = inbox.parameter_openapi_schema["properties"]
+    assert {"inbox", "dest_root", "options"} <= set(iprops)
+    assert inbox.parameters == {
+        "inbox": stack.env["I2V_INBOX"],
+        "dest_root": stack.env["I2V_DEST_ROOT"],
+    }
+    assert [s.schedule.cron for s in inbox.schedules] == ["*/10 * * * *"]
+    assert all(s.active for s in inbox.schedules), "the yaml ships the schedule active"
+
+    # enforce_parameter_schema: the server refuses a duration the model cannot do.
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with _client(stack.url) as client, pytest.raises(PrefectHTTPStatusError) as info:
+        client.create_flow_run_from_deployment(
+            batch.id, parameters={"source": "x.csv", "dest": "out", "options": {"duration": 7}}
+        )
+    assert info.value.response.status_code in (409, 422)
+
+
+# ------------------------------------------------------------------------- fan-out
+
+
+def _manifest(folder: Path) -> tuple[Path, int]:
+    """24 rows over three pictures: 23 distinct inputs, the duplicate 17 lines apart so
+    it would fall into another shard if shards were cut by position alone."""
+    for name in ("astronaut.png", "coffee.png", "rocket.jpg"):
+        shutil.copy(EXAMPLES / name, folder / name)
+    pictures = ["astronaut.png", "coffee.png", "rocket.jpg"]
+    rows = [
+        {"id": f"r{i:02d}", "image": pictures[i % 3], "prompt": f"slow push in, take {i}"}
+        for i in range(1, 25)
+    ]
+    rows[19] = {**rows[2], "id": "r20"}  # the same input as r03
+    path = folder / "manifest.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "image", "prompt"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, 23
+
+
+def _all_logs(client: Any) -> list[Any]:
+    logs: list[Any] = []
+    while True:
+        page = client.read_logs(limit=200, offset=len(logs))
+        logs += page
+        if len(page) < 200:
+            return logs
+
+
+@pytest.mark.server
+def test_fanout_over_two_workers_under_the_provider_cap(
+    stack: Stack, make_simulator: Any, tmp_path: Path
+) -> None:
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    sim = make_simulator(latency_s=1.0, api_key=SECRET_VALUE)
+    manifest, distinct = _manifest(tmp_path)
+    dest = tmp_path / "dest"
+    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
+        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    options = {
+        "concurrency": 8,  # per shard; the global limit (3) must win across shards
+        "poll_interval_s": 0.2,
+        "expected_duration_s": 1.0,
+        "timeout_s": 60,
+        "global_concurrency_limit": "atlascloud",
+        "api": {"simulator": False, "base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
+    }
+    started = time.monotonic()
+    with _client(stack.url) as client:
+        parent = client.create_flow_run_from_deployment(
+            stack.deployments["i2v-fanout/fanout"].id,
+            parameters={
+                "source": str(manifest),
+                "dest": str(dest),
+                "shard_size": 6,
+                "options": options,
+            },
+        )
+        while True:
+            parent = client.read_flow_run(parent.id)
+            if parent.state is not None and parent.state.is_final():
+                break
+            if time.monotonic() - started > 240:
+                pytest.fail(
+                    "the fan-out did not finish in 240 s; state "
+                    f"{parent.state}\n{stack.log_text(WORKERS[0])[-4000:]}"
+                    f"\n{stack.log_text(WORKERS[1])[-4000:]}"
+                )
+            time.sleep(1)
+        logs = _all_logs(client)
+        shard_runs = [
+            r
+            for r in client.read_flow_runs(limit=200)
+            if "i2v-shard" in (r.tags or []) and r.id != parent.id
+        ]
+        artifacts = client.read_artifacts(limit=200)
+        runs = client.read_flow_runs(limit=200)
+        gcl = client.read_global_concurrency_limit_by_name("atlascloud")
+    elapsed = time.monotonic() - started
+
+    messages = "\n".join(f"{log.flow_run_id} {log.message}" for log in logs)
+    assert parent.state is not None and parent.state.is_completed(), (
+        f"{parent.state}\n{messages[-6000:]}"
+    )
+
+    # Every row landed, once, with its own video.
+    table = pd.read_parquet(dest / "results.parquet")
+    assert len(table) == 24 and table["id"].is_unique
+    assert set(table["status"]) == {"landed"}, table[["id", "status", "error"]]
+    assert list(table["line"]) == sorted(table["line"])
+    assert sorted(p.stem for p in (dest / "videos").glob("*.mp4")) == sorted(table["id"])
+    pids = {str(k): str(v) for k, v in zip(table["id"], table["prediction_id"], strict=True)}
+    assert pids["r20"] == pids["r03"], "the duplicate must ride along with its original"
+    assert sim.stats.jobs_created == distinct
+    assert set(sim.stats.submissions_per_input.values()) == {1}, "an input was paid twice"
+
+    # Four shards, each a flow run of the batch deployment under the parent, on both workers.
+    assert len(shard_runs) == 4
+    batch_id = stack.deployments["i2v-batch/batch"].id
+    for run in shard_runs:
+        assert run.deployment_id == batch_id
+        assert run.parent_task_run_id is not None, "a shard is not linked as a subflow"
+        assert run.state is not None and run.state.is_completed()
+        assert run.parameters["write_table"] is False and run.parameters["lines"]
+    lines = [n for r in shard_runs for n in r.parameters["lines"]]
+    assert sorted(lines) == sorted(table["line"]), "every row in exactly one shard"
+    took: dict[str, str] = {}
+    for run in shard_runs:
+        for name in WORKERS:
+            if any(
+                log.flow_run_id == run.id and f"Worker '{name}' submitting" in log.message
+                for log in logs
+            ):
+                took[str(run.id)] = name
+    assert len(took) == 4, took
+    assert set(took.values()) == set(WORKERS), f"one worker took every shard: {took}"
+
+    # The provider never saw more predictions at once than the global limit, and the
+    # limit was actually reached (several shards ran at once).
+    assert 2 <= sim.stats.max_in_flight <= LIMIT, sim.stats.max_in_flight
+    assert gcl.active_slots == 0, "slots leaked"
+
+    # What a person sees: merged summary, progress, contact sheet on disk.
+    keys = {a.key for a in artifacts if a.key}
+    assert {"i2v-fanout-summary", "i2v-results", "i2v-fanout-progress"} <= keys, keys
+    summary_md = next(a for a in artifacts if a.key == "i2v-fanout-summary").data
+    assert "| landed | 24 |" in summary_md and "## Shards" in summary_md
+    sheets = list((dest / "runs").glob("*/contact_sheet.png"))
+    assert sheets, "no contact sheet"
+
+    # The key never shows: not in logs, artifacts, parameters or process output.
+    leaks = [
+        *(log.message for log in logs if SECRET_VALUE in log.message),
+        *(str(a.key) for a in artifacts if SECRET_VALUE in str(a.data) + str(a.description)),
+        *(r.name for r in runs if SECRET_VALUE in str(r.parameters)),
+        *(n for n in ("server", *WORKERS) if SECRET_VALUE in stack.log_text(n)),
+    ]
+    assert not leaks, f"the API key leaked into: {leaks}"
+    print(f"fan-out of 24 rows in 4 shards: {elapsed:.1f} s")
+
+
+# ------------------------------------------------------- shard planning and merging
+
+
+def _plan(line: int, identity: str | None, error: str | None = None) -> Any:
+    from i2v.manifest import ManifestRow
+    from i2v.pipeline import RowPlan
+
+    row = ManifestRow(
+        line=line,
+        id=f"r{line}",
+        image="a.png",
+        image_location="/x/a.png",
+        prompt="p",
+        duration=6,
+        error=error,
+    )
+    return RowPlan(row=row, row_id=f"r{line}", identity=identity, error=error)
+
+
+def test_plan_shards_keeps_duplicates_together() -> None:
+    from flows.fanout import plan_shards
+
+    plans = [
+        _plan(2, "A"),
+        _plan(3, "B"),
+        _plan(4, None, error="bad picture"),
+        _plan(5, "C"),
+        _plan(6, "A"),  # duplicate of line 2, far away
+        _plan(7, "D"),
+        _plan(8, "E"),
+        _plan(9, "E"),
+        _plan(10, "E"),  # a group larger than the shard size
+    ]
+    shards = plan_shards(plans, 2)
+    assert sorted(n for s in shards for n in s) == list(range(2, 11))
+    where = {n: i for i, s in enumerate(shards) for n in s}
+    assert where[2] == where[6]
+    assert where[8] == where[9] == where[10]
+    assert [8, 9, 10] in shards, "an oversized group is a shard of its own"
+    assert all(len(s) <= 2 for s in shards if 8 not in s)
+    assert plan_shards(plans, 100) == [list(range(2, 11))]
+    assert plan_shards([], 5) == []
+    from i2v.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        plan_shards(plans, 0)
+
+
+def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Path) -> None:
+    from prefect.client.schemas.objects import FlowRun, State, StateType
+
+    from flows.fanout import _merge
+    from i2v.config import BatchOptions
+    from i2v.pipeline import JobOutcome, RowStatus, group_jobs
+    from i2v.results import result_rows, write_tables
+    from i2v.storage import open_storage
+
+    plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5)]
+    plans[1].error, plans[1].identity = "picture too small", None  # line 3: rejected
+    for p in plans:
+        p.picture = object()  # type: ignore[assignment]
+    storage = open_storage(tmp_path / "dest")
+    ok = FlowRun(
+        id=uuid.uuid4(),
+        flow_id=uuid.uuid4(),
+        name="ok-shard",
+        state=State(type=StateType.COMPLETED),
+    )
+    dead = FlowRun(
+        id=uuid.UUID(str(ok.id)[:8] + str(uuid.uuid4())[8:]),  # same 8-char prefix
+        flow_id=uuid.uuid4(),
+        name="dead-shard",
+        state=State(type=StateType.CRASHED, name="Crashed", message="worker lost"),
+    )
+    # Shard 1 (lines 4, 5) finished and wrote its run table; shard 2 (2, 3) left none.
+    jobs = group_jobs([plans[2], plans[3]], BatchOptions.model_validate({}))
+    for job in jobs:
+        job.outcome = JobOutcome(RowStatus.LANDED)
+    table = result_rows([plans[2], plans[3]], jobs, model="m", dest=storage, extra_columns=[])
+    write_tables(storage, table, f"20260101T000000Z-{str(ok.id)[:8]}", publish=False)
+
+    frame, reports = _merge(storage, plans, [[4, 5], [2, 3]], [ok, dead], "m", [])
+    assert list(frame["line"]) == [2, 3, 4, 5]
+    by_line = frame.set_index("line")
+    assert list(by_line.loc[[4, 5], "status"]) == ["landed", "landed"]
+    assert by_line.loc[3, "status"] == "rejected"  # its own reason, whatever the shard did
+    assert by_line.loc[2, "status"] == "not_submitted"
+    assert "dead-shard" in by_line.loc[2, "error"] and "Crashed" in by_line.loc[2, "error"]
+    assert "worker lost" in by_line.loc[2, "error"]
+    assert [r.state for r in reports] == ["Completed", "Crashed"]
+    assert reports[0].run_id and reports[1].run_id is None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_fanout_dry_run_plans_shards_without_running_any(
+    make_simulator: Any, tmp_path: Path
+) -> None:
+    from flows.fanout import i2v_fanout
+    from i2v.config import load_options
+
+    sim = make_simulator(latency_s=0.1)
+    manifest, distinct = _manifest(tmp_path)
+    options = load_options(
+        None, dry_run=True, global_concurrency_limit=None, api={"base_url": sim.url}
+    )
+    summary = asyncio.run(i2v_fanout(str(manifest), str(tmp_path / "d"), 6, options))
+    assert summary.dry_run and len(summary.shards) == 4
+    assert [s.rows for s in summary.shards] == [6, 6, 6, 6]
+    assert summary.inputs == distinct and summary.counts["submit"] == 24
+    assert summary.estimated_usd == pytest.approx(distinct * 0.28)
+    assert sum(sim.stats.responses_by_status.values()) == 0
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,291 @@
+"""The inbox flow: manifests dropped into an inbox are each processed once, across ticks,
+re-uploads and runs racing each other; a failed run is retried, never recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pandas as pd
+import pytest
+
+from flows.inbox import (
+    Decision,
+    InboxFailed,
+    InboxReport,
+    Ledger,
+    LedgerEntry,
+    decide,
+    i2v_inbox,
+)
+from i2v.config import BatchOptions, load_options
+from i2v.storage import open_storage
+from tests.conftest import EXAMPLES
+
+PICTURES = ("astronaut.png", "coffee.png", "rocket.jpg")
+
+
+def options_for(sim: Any, **overrides: Any) -> BatchOptions:
+    api = {"simulator": False, "base_url": sim.url, **overrides.pop("api", {})}
+    base: dict[str, Any] = {
+        "concurrency": 4,
+        "poll_interval_s": 0.05,
+        "expected_duration_s": 0.3,
+        "timeout_s": 30,
+        "global_concurrency_limit": None,
+        **overrides,
+    }
+    return load_options(None, api=api, **base)
+
+
+def manifest_csv(rows: list[tuple[str, str, str]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["id", "image", "prompt"])
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def tick(inbox: str, dest_root: str, options: BatchOptions) -> InboxReport:
+    return asyncio.run(i2v_inbox(inbox=inbox, dest_root=dest_root, options=options))
+
+
+# -------------------------------------------------------------------------- the rules
+
+
+def _entry(**changes: Any) -> LedgerEntry:
+    base: dict[str, Any] = {
+        "name": "a.csv",
+        "manifest": "s3://b/inbox/a.csv",
+        "sha256": "s1",
+        "status": "done",
+        "flow_run_id": "run-a",
+        "claimed_at": "2026-01-01T00:00:00.000Z",
+        "dest": "s3://b/out/a/",
+    }
+    return LedgerEntry.model_validate({**base, **changes})
+
+
+@pytest.mark.parametrize(
+    ("entry", "sha", "me", "hours_later", "expected"),
+    [
+        (None, "s1", "run-b", 0, Decision.CLAIM),
+        ({}, "s1", "run-b", 0, Decision.DONE),
+        ({}, "s2", "run-b", 0, Decision.CLAIM),  # same name, new content
+        ({"status": "claimed"}, "s1", "run-b", 1, Decision.CLAIMED),
+        ({"status": "claimed"}, "s1", "run-b", 7, Decision.CLAIM),  # lease (6 h) expired
+        ({"status": "claimed"}, "s1", "run-a", 1, Decision.CLAIM),  # our own, retried
+        ({"status": "claimed"}, "s2", "run-b", 1, Decision.CLAIM),  # re-uploaded meanwhile
+    ],
+)
+def test_decide(
+    entry: dict[str, Any] | None, sha: str, me: str, hours_later: float, expected: Decision
+) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hours_later)
+    found = None if entry is None else _entry(**entry)
+    assert decide(found, sha, me, now=now, lease=timedelta(hours=6)) is expected
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_ledger_compare_and_swap(backend: str, tmp_path: Path, request: Any) -> None:
+    if backend == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        storage = open_storage(f"s3://{bucket}/results")
+    else:
+        storage = open_storage(tmp_path / "results")
+    ledger = Ledger(storage)
+    first = _entry(status="claimed", flow_run_id="run-a")
+    assert ledger.create("a.csv", first)
+    assert not ledger.create("a.csv", _entry(status="claimed", flow_run_id="run-b"))
+    got, token = ledger.get("a.csv")
+    assert got == first and token
+    # Another run replaces it: our token is stale now, so our replace must fail.
+    assert ledger.replace("a.csv", _entry(flow_run_id="run-b", status="claimed"), token)
+    assert not ledger.replace("a.csv", _entry(flow_run_id="run-a"), token)
+    assert ledger.get("a.csv")[0].flow_run_id == "run-b"  # type: ignore[union-attr]
+    ledger.release("a.csv", "run-a")  # not ours: kept
+    assert ledger.get("a.csv")[0] is not None
+    ledger.release("a.csv", "run-b")
+    assert ledger.get("a.csv") == (None, None)
+
+
+# ------------------------------------------------------------------------- the flow
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.timeout(300)
+def test_two_manifests_each_processed_once_across_three_ticks(
+    simulator: Any, s3_bucket: str
+) -> None:
+    s3 = boto3.client("s3")
+    for name in PICTURES:
+        s3.upload_file(str(EXAMPLES / name), s3_bucket, f"inbox/pics/{name}")
+    inbox, dest_root = f"s3://{s3_bucket}/inbox/", f"s3://{s3_bucket}/results/"
+    opts = options_for(simulator)
+    first = manifest_csv(
+        [
+            ("a1", "pics/astronaut.png", "pan left"),
+            ("a2", "pics/coffee.png", "zoom in"),
+            ("a3", "pics/coffee.png", "zoom in"),  # a duplicate: paid once
+        ]
+    )
+    s3.put_object(Bucket=s3_bucket, Key="inbox/first.csv", Body=first)
+
+    one = tick(inbox, dest_root, opts)
+    assert [e.name for e in one.processed] == ["first.csv"]
+    assert one.processed[0].counts == {"landed": 3}
+    assert simulator.stats.jobs_created == 2
+
+    second = manifest_csv(
+        [("b1", "pics/rocket.jpg", "tilt up"), ("b2", "pics/astronaut.png", "orbit")]
+    )
+    s3.put_object(Bucket=s3_bucket, Key="inbox/second.csv", Body=second)
+    two = tick(inbox, dest_root, opts)
+    assert [e.name for e in two.processed] == ["second.csv"]
+    assert two.already_done == ["first.csv"]
+
+    three = tick(inbox, dest_root, opts)
+    assert three.processed == [] and three.already_done == ["first.csv", "second.csv"]
+
+    # Each manifest once: one job per distinct input, none paid twice.
+    assert simulator.stats.jobs_created == 4
+    assert set(simulator.stats.submissions_per_input.values()) == {1}
+    for stem, ids in (("first", ["a1", "a2", "a3"]), ("second", ["b1", "b2"])):
+        body = s3.get_object(Bucket=s3_bucket, Key=f"results/{stem}/results.parquet")["Body"]
+        table = pd.read_parquet(io.BytesIO(body.read()))
+        assert list(table["id"]) == ids and set(table["status"]) == {"landed"}
+        raw = s3.get_object(Bucket=s3_bucket, Key=f"results/_inbox/{stem}.csv.json")["Body"]
+        entry = json.loads(raw.read())
+        assert entry["status"] == "done" and entry["dest"] == f"{dest_root}{stem}/"
+        assert entry["results_uri"] == f"{dest_root}{stem}/results.parquet"
+    # Results never become manifests: nothing under results/ or inbox/pics/ was picked up.
+    assert len(three.already_done) == 2
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.timeout(300)
+def test_reupload_with_new_content_runs_again_same_content_does_not(
+    simulator: Any, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in PICTURES:
+        (inbox / name).write_bytes((EXAMPLES / name).read_bytes())
+    rows = [("r1", "rocket.jpg", "push in")]
+    (inbox / "m.csv").write_bytes(manifest_csv(rows))
+    opts = options_for(simulator)
+    assert len(tick(str(inbox), str(tmp_path / "out"), opts).processed) == 1
+
+    (inbox / "m.csv").write_bytes(manifest_csv(rows))  # the same bytes again
+    assert tick(str(inbox), str(tmp_path / "out"), opts).already_done == ["m.csv"]
+
+    (inbox / "m.csv").write_bytes(manifest_csv([*rows, ("r2", "coffee.png", "pan right")]))
+    again = tick(str(inbox), str(tmp_path / "out"), opts)
+    assert [e.name for e in again.processed] == ["m.csv"]
+    assert again.processed[0].counts == {"landed": 2}
+    # Only the new row was paid for; r1 was already landed in the same DEST.
+    assert simulator.stats.jobs_created == 2
+    entry = json.loads((tmp_path / "out" / "_inbox" / "m.csv.json").read_text())
+    assert len(entry["history"]) == 1 and entry["history"][0]["counts"] == {"landed": 1}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.timeout(300)
+def test_failed_run_is_not_recorded_and_the_next_tick_retries(
+    make_simulator: Any, tmp_path: Path
+) -> None:
+    sim = make_simulator(latency_s=0.2, api_key="the-right-key")  # our env key is wrong
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "astronaut.png").write_bytes((EXAMPLES / "astronaut.png").read_bytes())
+    (inbox / "m.csv").write_bytes(manifest_csv([("r1", "astronaut.png", "orbit")]))
+    opts = options_for(sim)
+    with pytest.raises(InboxFailed, match=r"m\.csv"):
+        tick(str(inbox), str(tmp_path / "out"), opts)
+    assert not (tmp_path / "out" / "_inbox" / "m.csv.json").exists(), "a failure was recorded"
+
+    sim.config.api_key = None  # the key problem is fixed
+    retried = tick(str(inbox), str(tmp_path / "out"), opts)
+    assert [e.name for e in retried.processed] == ["m.csv"]
+    assert sim.stats.jobs_created == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.timeout(300)
+def test_claims_by_other_runs_are_respected_until_the_lease_ends(
+    simulator: Any, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "coffee.png").write_bytes((EXAMPLES / "coffee.png").read_bytes())
+    data = manifest_csv([("c1", "coffee.png", "steam rises")])
+    (inbox / "m.csv").write_bytes(data)
+    out = open_storage(tmp_path / "out")
+    live = _entry(
+        name="m.csv",
+        sha256=hashlib.sha256(data).hexdigest(),
+        status="claimed",
+        flow_run_id="another-worker",
+        claimed_at=(datetime.now(UTC) - timedelta(minutes=5)).isoformat(),
+    )
+    assert Ledger(out).create("m.csv", live)
+    opts = options_for(simulator)
+    held = tick(str(inbox), str(tmp_path / "out"), opts)
+    assert held.claimed_elsewhere == ["m.csv"] and simulator.stats.jobs_created == 0
+
+    stale = live.model_copy(
+        update={"claimed_at": (datetime.now(UTC) - timedelta(hours=7)).isoformat()}
+    )
+    Ledger(out).put("m.csv", stale)
+    taken = tick(str(inbox), str(tmp_path / "out"), opts)
+    assert [e.name for e in taken.processed] == ["m.csv"]
+    assert simulator.stats.jobs_created == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.timeout(300)
+def test_two_runs_ticking_together_process_each_manifest_once(
+    simulator: Any, s3_bucket: str
+) -> None:
+    s3 = boto3.client("s3")
+    for name in PICTURES:
+        s3.upload_file(str(EXAMPLES / name), s3_bucket, f"inbox/{name}")
+    for i in range(3):
+        body = manifest_csv([(f"m{i}", PICTURES[i], f"slow orbit {i}")])
+        s3.put_object(Bucket=s3_bucket, Key=f"inbox/m{i}.csv", Body=body)
+    inbox, dest_root = f"s3://{s3_bucket}/inbox/", f"s3://{s3_bucket}/results/"
+    opts = options_for(simulator)
+
+    async def both() -> list[InboxReport]:
+        return list(
+            await asyncio.gather(
+                i2v_inbox(inbox=inbox, dest_root=dest_root, options=opts),
+                i2v_inbox(inbox=inbox, dest_root=dest_root, options=opts),
+            )
+        )
+
+    reports = asyncio.run(both())
+    processed = [e.name for r in reports for e in r.processed]
+    assert sorted(processed) == ["m0.csv", "m1.csv", "m2.csv"], reports
+    for report in reports:  # each run saw every manifest: did it, or saw it taken/done
+        mine = {e.name for e in report.processed}
+        others = set(report.claimed_elsewhere) | set(report.already_done)
+        assert mine | others == {"m0.csv", "m1.csv", "m2.csv"} and not mine & others
+    assert simulator.stats.jobs_created == 3
+    assert set(simulator.stats.submissions_per_input.values()) == {1}
+
+
+def test_unset_deployment_parameters_are_refused(tmp_path: Path) -> None:
+    from i2v.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="I2V_INBOX"):
+        asyncio.run(i2v_inbox.fn(inbox="", dest_root=str(tmp_path)))
+    with pytest.raises(ConfigError, match="dest_root"):
+        asyncio.run(i2v_inbox.fn(inbox=str(tmp_path), dest_root="{{ $I2V_DEST_ROOT }}"))
