@@ -42,6 +42,7 @@ from i2v.results import RunSummary
 from i2v.state import InputRecord, Phase
 from i2v.storage import open_storage
 from tasks import land_video, publish_results, submit_generation, upload_picture, wait_for_video
+from tasks.artifacts import ProgressReporter
 from tasks.rows import check_pictures, read_rows
 
 
@@ -100,7 +101,12 @@ async def i2v_batch(
     needs_api = any(a in (Action.SUBMIT, Action.POLL, Action.LAND) for a in actions.values())
     # A landed input may need re-fetching if its video vanished from DEST: keep a client.
     needs_client = needs_api or Action.DONE in actions.values()
+    # Live progress in the UI: rows rejected before any call are done already.
+    reporter = ProgressReporter()
+    await reporter.start(len(plans), done=len(plans) - sum(len(j.rows) for j in jobs))
+    ctx.listeners.append(reporter.listener)
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(reporter.finish)
         if needs_client:
             ctx._client = await stack.enter_async_context(atlas_client(options, ctx))
         if needs_api:

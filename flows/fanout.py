@@ -34,7 +34,7 @@ from prefect.states import Crashed
 from pydantic import BaseModel, Field
 
 from flows.batch import dry_run_summary, new_run_id
-from flows.common import s3_client_for
+from flows.common import opaque, s3_client_for
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
 from i2v.pipeline import RowPlan, RowStatus, RunContext, group_jobs, load_records
@@ -134,7 +134,7 @@ async def i2v_fanout(
     started = time.monotonic()
     s3 = s3_client_for(options) if "s3://" in source + dest else None
     manifest = await asyncio.to_thread(read_rows, source, options, s3)
-    plans = await check_pictures(manifest, options, s3)
+    plans = await check_pictures(opaque(manifest), options, opaque(s3))
     storage = open_storage(dest, s3_client=s3)
     run_id = new_run_id()
     shards = plan_shards(plans, shard_size)

@@ -563,9 +563,10 @@ def _local(path: Path) -> LocalStorage:
 
 
 def _too_big(uri: str, max_bytes: int, size: int | None) -> InputError:
+    limit = f"{max_bytes} bytes" + (f" ({max_bytes / MiB:g} MB)" if max_bytes >= MiB else "")
     if size is not None:
-        return InputError(f"image {uri} is {size} bytes; the limit is {max_bytes}")
-    return InputError(f"image {uri} is larger than the limit of {max_bytes} bytes")
+        return InputError(f"image {uri} is {size} bytes; the limit is {limit}")
+    return InputError(f"image {uri} is larger than the limit of {limit}")
 
 
 def read_location(uri: str, *, s3_client: Any | None = None, max_bytes: int | None = None) -> bytes:

@@ -21,6 +21,7 @@ from i2v.results import (
     write_tables,
 )
 from tasks._retry import retry_on
+from tasks.artifacts import publish_contact_sheet
 
 TABLE_ARTIFACT_COLUMNS = ["id", "status", "error", "error_code", "prediction_id", "video_uri"]
 
@@ -69,11 +70,17 @@ async def publish_results(
         write_tables, ctx.dest, frame, ctx.run_id, summary, publish=publish
     )
     summary.results_uri = uris["parquet"]
-    await _artifacts(frame, summary)
+    sheet = ""
+    if publish:  # a fan-out parent makes one sheet for all its shards
+        landed = frame.loc[frame["status"] == str(pipeline.RowStatus.LANDED), "id"]
+        sheet = await publish_contact_sheet(
+            ctx.dest, [f"videos/{i}.mp4" for i in landed], ctx.run_id
+        )
+    await _artifacts(frame, summary, sheet)
     return summary
 
 
-async def _artifacts(frame: object, summary: RunSummary) -> None:
+async def _artifacts(frame: object, summary: RunSummary, sheet: str = "") -> None:
     import pandas as pd
 
     assert isinstance(frame, pd.DataFrame)
@@ -107,6 +114,8 @@ async def _artifacts(frame: object, summary: RunSummary) -> None:
         lines += [f"| {e.replace('|', '/')} | {n} |" for e, n in summary.top_errors]
     if summary.results_uri:
         lines += ["", f"Results table: `{summary.results_uri}`"]
+    if sheet:
+        lines += ["", sheet]
     await create_markdown_artifact(  # type: ignore[misc]
         key="i2v-summary", markdown="\n".join(lines), description="i2v run summary"
     )

@@ -512,3 +512,83 @@ def test_fanout_dry_run_plans_shards_without_running_any(
     assert summary.estimated_usd == pytest.approx(distinct * 0.28)
     assert sum(sim.stats.responses_by_status.values()) == 0
     assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------- the provider cap, in-process (no workers)
+
+
+def _rows(folder: Path, n: int, tag: str) -> Path:
+    for name in ("astronaut.png", "coffee.png", "rocket.jpg"):
+        shutil.copy(EXAMPLES / name, folder / name)
+    path = folder / f"{tag}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "image", "prompt"])
+        pictures = ("astronaut.png", "coffee.png", "rocket.jpg")
+        writer.writerows([(f"{tag}{i}", pictures[i % 3], f"{tag} pan {i}") for i in range(n)])
+    return path
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_global_limit_caps_several_runs_together(make_simulator: Any, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.batch import i2v_batch
+    from i2v.config import load_options
+
+    name = f"atlas-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=2))
+    sim = make_simulator(latency_s=0.5)
+    opts = load_options(
+        None,
+        concurrency=6,  # each run alone would put 6 in flight
+        poll_interval_s=0.05,
+        expected_duration_s=0.5,
+        timeout_s=60,
+        global_concurrency_limit=name,
+        api={"simulator": False, "base_url": sim.url},
+    )
+    first, second = _rows(tmp_path, 6, "a"), _rows(tmp_path, 6, "b")
+
+    async def both() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                i2v_batch(str(first), str(tmp_path / "out-a"), opts),
+                i2v_batch(str(second), str(tmp_path / "out-b"), opts),
+            )
+        )
+
+    summaries = asyncio.run(both())
+    assert all(s.counts["landed"] == 6 for s in summaries)
+    assert sim.stats.jobs_created == 12
+    assert sim.stats.max_in_flight == 2, "two runs together must share the limit of 2"
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_missing_global_limit_falls_back_to_the_run_concurrency(
+    make_simulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flows.batch import i2v_batch
+    from i2v.config import load_options
+
+    sim = make_simulator(latency_s=0.5)
+    opts = load_options(
+        None,
+        concurrency=3,
+        poll_interval_s=0.05,
+        expected_duration_s=0.5,
+        timeout_s=60,
+        global_concurrency_limit=f"absent-{uuid.uuid4().hex[:8]}",
+        api={"simulator": False, "base_url": sim.url},
+    )
+    with caplog.at_level("WARNING"):
+        summary = asyncio.run(i2v_batch(str(_rows(tmp_path, 8, "c")), str(tmp_path / "o"), opts))
+    assert summary.counts["landed"] == 8
+    assert sim.stats.max_in_flight == 3
+    said = [r for r in caplog.records if "does not exist" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert "prefect gcl create" in said[0].getMessage()
