@@ -95,7 +95,9 @@ async def atlas_client(options: BatchOptions, ctx: RunContext) -> AsyncIterator[
             base_url=base_url,
             on_rate_limited=ctx.limiter.on_rate_limited,
             timeouts=Timeouts(generate_s=options.api.generate_timeout_s),
-            max_connections=int(os.environ.get("I2V_POOL", "80")),
+            # httpcore scans the whole pool on every request: a pool much larger than
+            # the requests actually in flight costs CPU and buys nothing.
+            max_connections=min(128, max(32, options.concurrency * 2)),
         ) as client:
             ctx.client_cache_scope = hashlib.sha256(client.base_url.encode()).hexdigest()[:16]
             yield client

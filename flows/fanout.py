@@ -48,7 +48,7 @@ from i2v.results import (
     write_tables,
 )
 from i2v.storage import Storage, open_storage
-from tasks.artifacts import ProgressReporter, publish_contact_sheet
+from tasks.artifacts import ProgressReporter, publish_contact_sheet, summary_tail
 from tasks.rows import check_pictures, read_rows
 from tasks.tables import TABLE_ARTIFACT_COLUMNS
 
@@ -455,13 +455,7 @@ async def _artifacts(frame: pd.DataFrame, summary: FanoutSummary, sheet_md: str)
             for r in summary.shards
         ],
     ]
-    if summary.top_errors:
-        lines += ["", "## Most common errors", "", "| error | rows |", "|---|---|"]
-        lines += [f"| {e.replace('|', '/')} | {n} |" for e, n in summary.top_errors]
-    if summary.results_uri:
-        lines += ["", f"Results table: `{summary.results_uri}`"]
-    if sheet_md:
-        lines += ["", sheet_md]
+    lines += summary_tail(summary.top_errors, summary.results_uri, sheet_md)
     await acreate_markdown_artifact(
         key="i2v-fanout-summary",
         markdown="\n".join(lines),

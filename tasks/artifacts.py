@@ -330,3 +330,18 @@ async def publish_contact_sheet(
             description=f"One frame of each landed video: {where}",
         )
     return f"## Contact sheet\n\n[![contact sheet]({link})]({link})\n\n`{where}`\n"
+
+
+def summary_tail(
+    top_errors: Sequence[tuple[str, int]], results_uri: str | None, sheet_md: str
+) -> list[str]:
+    """The closing markdown lines of a run summary: common errors, table, contact sheet."""
+    lines: list[str] = []
+    if top_errors:
+        lines += ["", "## Most common errors", "", "| error | rows |", "|---|---|"]
+        lines += [f"| {e.replace('|', '/')} | {n} |" for e, n in top_errors]
+    if results_uri:
+        lines += ["", f"Results table: `{results_uri}`"]
+    if sheet_md:
+        lines += ["", sheet_md]
+    return lines

@@ -21,7 +21,7 @@ from i2v.results import (
     write_tables,
 )
 from tasks._retry import retry_on
-from tasks.artifacts import publish_contact_sheet
+from tasks.artifacts import publish_contact_sheet, summary_tail
 
 TABLE_ARTIFACT_COLUMNS = ["id", "status", "error", "error_code", "prediction_id", "video_uri"]
 
@@ -109,13 +109,7 @@ async def _artifacts(frame: object, summary: RunSummary, sheet: str = "") -> Non
     ]
     if summary.stop_message:
         lines += ["", f"**Stopped:** {summary.stop_message}"]
-    if summary.top_errors:
-        lines += ["", "## Most common errors", "", "| error | rows |", "|---|---|"]
-        lines += [f"| {e.replace('|', '/')} | {n} |" for e, n in summary.top_errors]
-    if summary.results_uri:
-        lines += ["", f"Results table: `{summary.results_uri}`"]
-    if sheet:
-        lines += ["", sheet]
+    lines += summary_tail(summary.top_errors, summary.results_uri, sheet)
     await create_markdown_artifact(  # type: ignore[misc]
         key="i2v-summary", markdown="\n".join(lines), description="i2v run summary"
     )
