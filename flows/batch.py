@@ -158,6 +158,7 @@ async def process(ctx: RunContext, job: Job) -> None:
 async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
     action = action_for(ctx, job)
     record = job.record
+    refetch = False  # the video went missing from DEST: bypass the land cache
     if action is Action.DONE:
         assert record is not None
         if await video_present(ctx, record):
@@ -172,6 +173,7 @@ async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
             )
         action = Action.LAND  # re-fetch from the provider: still paid, not paid again
         record = record.moved(Phase.SUCCEEDED, ctx.run_id)
+        refetch = True
     if action is Action.FINAL:
         return outcome_of(record)
     if action is Action.HOLD_AMBIGUOUS:
@@ -198,7 +200,8 @@ async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
     assert record is not None
     if record.phase is Phase.SUCCEEDED:
         try:
-            record = await land_video(opaque(ctx), opaque(job), opaque(record))
+            lander = land_video.with_options(refresh_cache=True) if refetch else land_video
+            record = await lander(opaque(ctx), opaque(job), opaque(record))
         except Exception as exc:
             await remember_output(ctx, job, record)
             return JobOutcome(

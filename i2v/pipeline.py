@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -639,10 +637,11 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
     key = job.primary.video_key
     async with ctx.land_gate:
         staging = await asyncio.to_thread(ctx.dest.staging_dir)
-        fd, tmp_name = tempfile.mkstemp(dir=staging, suffix=".mp4.part")
-        tmp = Path(tmp_name)
+        # Named after the input, so a landing killed half-way leaves a part file that
+        # the next attempt overwrites instead of an orphan.
+        tmp = staging / f"{job.identity[:32]}.mp4.part"
         try:
-            with os.fdopen(fd, "wb") as sink:
+            with open(tmp, "wb") as sink:  # noqa: ASYNC230 - local staging file, no network
                 result = await ctx.client.download_output(record.output_url, sink)
             ctx.stats.downloads += 1
             await asyncio.to_thread(check_mp4_file, tmp)

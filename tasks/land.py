@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
+from typing import Any
+
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from i2v import pipeline
 from i2v.errors import OutputError, StorageError, TransportError
 from i2v.state import InputRecord
-from tasks._retry import retry_on
+from tasks._retry import retry_on, unquoted
+
+
+def _land_cache_key(_: TaskRunContext, params: dict[str, Any]) -> str:
+    """Content-keyed: one prediction's video into one DEST key is landed once.
+
+    The prediction id fixes the video's content, so a retried flow run (or a crashed one
+    resumed from the UI) reuses the landing instead of downloading it again. The flow
+    bypasses this cache (`refresh_cache`) when DEST says the video went missing.
+    """
+    ctx: pipeline.RunContext = unquoted(params["ctx"])
+    job: pipeline.Job = unquoted(params["job"])
+    record: InputRecord = unquoted(params["record"])
+    where = f"{ctx.dest.uri}|{job.primary.video_key}|{record.prediction_id}"
+    return "i2v-land-v1-" + hashlib.sha256(where.encode()).hexdigest()[:32]
 
 
 @task(
@@ -17,7 +35,9 @@ from tasks._retry import retry_on
     retries=2,
     retry_delay_seconds=[2, 8],
     retry_condition_fn=retry_on(OutputError, StorageError, TransportError, OSError),
-    cache_policy=NO_CACHE,
+    cache_key_fn=_land_cache_key,
+    cache_expiration=timedelta(days=14),  # as long as the provider keeps outputs
+    persist_result=True,
 )
 async def land_video(
     ctx: pipeline.RunContext, job: pipeline.Job, record: InputRecord

@@ -110,6 +110,16 @@ def s3_bucket(s3_endpoint: str) -> str:
     return name
 
 
+@pytest.fixture(autouse=True)
+def own_result_storage(tmp_path: Path) -> Any:
+    """Prefect's task results (and so its caches) per test: no test, and no earlier
+    session, can hand another a cached result."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "prefect-results"}):
+        yield tmp_path / "prefect-results"
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """Prefect's real engine against a temporary database, once per session."""

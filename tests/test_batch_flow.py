@@ -400,3 +400,19 @@ def test_state_records_live_with_dest(simulator: Any, pictures: Path, tmp_path: 
     before = stats(simulator)
     run_batch(manifest, other, options_for(simulator))
     assert stats(simulator) == before
+
+
+def test_deleted_video_is_fetched_again_without_paying(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    """A landed video removed from DEST is re-downloaded (the land cache is bypassed)."""
+    manifest = write_manifest(pictures, [{"id": "v", "image": "coffee.png", "prompt": "tilt"}])
+    dest = tmp_path / "out"
+    run_batch(manifest, dest, options_for(simulator))
+    video = dest / "videos" / "v.mp4"
+    original = video.read_bytes()
+    video.unlink()
+    summary = run_batch(manifest, dest, options_for(simulator))
+    assert summary.exit_code == 0
+    assert video.read_bytes() == original
+    assert simulator.stats.jobs_created == 1 and simulator.stats.downloads == 2

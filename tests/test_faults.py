@@ -103,13 +103,16 @@ def when(cond: Callable[[], bool], action: Callable[[], None], timeout_s: float 
 
 
 def subprocess_env(tmp_path: Path, api_key: str) -> dict[str, str]:
-    """Env for an `i2v` subprocess: its own ephemeral Prefect server under tmp_path."""
+    """Env for an `i2v` subprocess: the session's Prefect test server (starting an
+    ephemeral one costs ~15 s on two cores), its own PREFECT_HOME under tmp_path."""
+    from prefect.settings import PREFECT_API_URL
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         ATLASCLOUD_API_KEY=api_key,
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         DO_NOT_TRACK="1",
     )
     return env
@@ -127,7 +130,7 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], what: str) -> None:
-    """kill -9 the CLI (and its Prefect server: the whole process group) once `cond()`."""
+    """kill -9 the CLI's whole process group as soon as `cond()` holds."""
     deadline = time.monotonic() + 120
     while not cond():
         if proc.poll() is not None:
@@ -162,10 +165,10 @@ def test_transient_storms_still_land_everything_once(
     """Rate limits, server errors and not-yet-visible predictions cost retries, never
     a row and never a second payment.
 
-    Storms start once preflight is done (a storm during preflight stops the run, by
-    design). The 429 storm refuses every submission for 2 s (provider cap at 0, plus
-    seeded random 429s on every call): shorter than the client's five attempts (>= 5.6 s
-    with jitter), so every row must get through.
+    Storms start after preflight (a storm that outlasts preflight's retries ends the run
+    with exit 2, before anything is paid). The 429 storm refuses every submission for
+    2 s (provider cap 0, plus seeded random 429s on every call): shorter than the span
+    of the client's five attempts (>= 5.6 s with jitter), so every row must get through.
     """
     from i2v.concurrency import AdaptiveLimiter
 
@@ -279,6 +282,34 @@ def test_download_cut_every_time_fails_resumably_and_rerun_lands_free(
     assert sim.stats.jobs_created == 1 and sim.stats.generate_posts == posts
     assert sim.stats.polls <= polls + 1, "only the preflight probe: the output URL was kept"
     assert_money_rules(sim, dest)
+
+
+def test_upload_the_provider_forgot_is_uploaded_again(
+    make_simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    """Atlas keeps uploaded inputs only for a while. A later run with a new prompt for the
+    same picture must not hand the provider an upload URL it has forgotten (here: the
+    provider restarted on the same address and lost every upload)."""
+    from i2v.simulator.server import start_simulator
+
+    sim = make_simulator(latency_s=0.2)
+    port = int(sim.url.rsplit(":", 1)[1])
+    dest = tmp_path / "out"
+    rows = [{"id": "first", "image": "coffee.png", "prompt": "pan left"}]
+    assert run_batch(write_manifest(pictures, rows), dest, options_for(sim)).exit_code == 0
+    sim.stop()
+
+    fresh = start_simulator(port=port, latency_s=0.2)
+    try:
+        rows = [*rows, {"id": "second", "image": "coffee.png", "prompt": "pan right"}]
+        summary = run_batch(write_manifest(pictures, rows), dest, options_for(fresh))
+        second = table(dest).set_index("id").loc["second"]
+        assert second["status"] == "landed", second["error"]
+        assert summary.exit_code == 0
+        assert fresh.stats.uploads == 1 and fresh.stats.jobs_created == 1
+        assert_money_rules(fresh, dest)
+    finally:
+        fresh.stop()
 
 
 # ----------------------------------------------------------------------------- kill -9
@@ -406,11 +437,6 @@ def test_cli_wrong_key_or_unknown_model_exits_2_within_seconds(
 # --------------------------------------------------------------------------- bad input
 
 
-def _png(path: Path, size: tuple[int, int] = (640, 480)) -> Path:
-    Image.new("RGB", size, (30, 120, 200)).save(path)
-    return path
-
-
 def test_bad_rows_get_specific_messages_and_good_rows_land(
     make_simulator: Any, pictures: Path, tmp_path: Path
 ) -> None:
@@ -461,7 +487,7 @@ def test_bad_rows_get_specific_messages_and_good_rows_land(
         6: "GIF is not accepted; use JPEG or PNG",
         7: "WEBP is not accepted; use JPEG or PNG",
         8: "the file is empty (0 bytes)",
-        9: "the limit is 20971520",
+        9: "the limit is 20971520 bytes (20 MB)",
         10: "duration 'six' is not a number; use 6 or 10",
     }
     for line, words in expected.items():
@@ -470,7 +496,7 @@ def test_bad_rows_get_specific_messages_and_good_rows_land(
         assert words in row["error"], (line, row["error"])
         assert pd.isna(row["prediction_id"]) and pd.isna(row["video_uri"])
     for line in (5, 6, 7, 8, 9):
-        assert rows[line - 2][1] in result.loc[line, "error"], "the message names the file"
+        assert rows[line - 2][1] in str(result.loc[line, "error"]), "the message names the file"
     assert result.loc[2, "status"] == "landed" and result.loc[3, "status"] == "landed"
     assert result.loc[2, "prompt"] == prompt and result.loc[2, "note"] == "Excel, with commas"
     assert result.loc[3, "note"] == "first twin"
@@ -523,7 +549,7 @@ def test_missing_s3_object_rejects_only_its_row(
     result = table(dest).set_index("id")
     assert result.loc["there", "status"] == "landed"
     assert result.loc["gone", "status"] == "rejected"
-    assert f"s3://{s3_bucket}/in/pics/vanished.png" in result.loc["gone", "error"]
+    assert f"s3://{s3_bucket}/in/pics/vanished.png" in str(result.loc["gone", "error"])
     assert summary.exit_code == 1 and sim.stats.jobs_created == 1
     assert_money_rules(sim, dest)
 
@@ -578,8 +604,8 @@ def test_paths_outside_the_manifest_folder_need_allow_outside_base(
     assert result.loc["inside", "status"] == "landed"
     for row_id in ("up", "link"):
         assert result.loc[row_id, "status"] == "rejected"
-        assert "outside the manifest's folder" in result.loc[row_id, "error"]
-        assert "allow_outside_base" in result.loc[row_id, "error"]
+        error = str(result.loc[row_id, "error"])
+        assert "outside the manifest's folder" in error and "allow_outside_base" in error
     assert sim.stats.uploads == 1 and sim.stats.jobs_created == 1
 
     allowed = cli_run(manifest, dest, sim_config(tmp_path / "open", sim, allow_outside_base=True))
@@ -616,41 +642,6 @@ def _security_manifest(pictures: Path) -> Path:
     )
 
 
-def test_api_key_never_leaks_from_the_cli(
-    make_simulator: Any, pictures: Path, tmp_path: Path
-) -> None:
-    """`i2v run --verbose` with a moderated row and a bad row: the key shows up nowhere:
-    not on stdout/stderr, not in any file under DEST, not in the CLI's Prefect home
-    (its server database: logs, artifacts, parameters; its result storage)."""
-    key = _secret_key()
-    sim = make_simulator(latency_s=0.2, api_key=key)  # proves the key was really used
-    dest = tmp_path / "out"
-    config = sim_config(tmp_path, sim)
-    proc = start_cli(
-        [
-            "run",
-            str(_security_manifest(pictures)),
-            "--dest",
-            str(dest),
-            "--config",
-            str(config),
-            "--verbose",
-        ],
-        subprocess_env(tmp_path, key),
-    )
-    out, errs = proc.communicate(timeout=180)
-    assert proc.returncode == 1, errs.decode()[-3000:]
-    assert b"submitted as prediction" in out + errs, "--verbose shows the flow's logs"
-    assert not _leaks(key, out) and not _leaks(key, errs)
-    statuses = table(dest).set_index("id")["status"].to_dict()
-    assert statuses == {"ok1": "landed", "ok2": "landed", "mod": "failed", "bad": "rejected"}
-    assert not _files_with(key, dest)
-    home = tmp_path / "prefect-home"
-    assert list(home.rglob("*.db")), "the CLI's Prefect server database was not found"
-    assert not _files_with(key, home)
-    assert_money_rules(sim, dest)
-
-
 async def _prefect_records() -> str:
     """Every flow run (parameters, state messages), task run, artifact and log line
     stored by the test server, as JSON text."""
@@ -672,15 +663,62 @@ async def _prefect_records() -> str:
     return "\n".join(chunks)
 
 
+def assert_prefect_never_stored(key: str, *evidence: str) -> None:
+    """The key is in nothing the Prefect test server stored (read through its API, and
+    its database files); `evidence` proves the runs in question were among what we read."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    APILogHandler().flush()
+    stored = asyncio.run(_prefect_records())
+    for words in evidence:
+        assert words in stored, f"{words!r} not found in what the Prefect server stored"
+    assert not _leaks(key, stored)
+    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
+    assert db.is_file(), db
+    assert not _files_with(key, db.parent)
+
+
+def test_api_key_never_leaks_from_the_cli(
+    make_simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    """`i2v run --verbose` with a moderated row and a bad row: the key shows up nowhere:
+    not on stdout/stderr, not in any file under DEST or the CLI's PREFECT_HOME, not in
+    anything its Prefect server stored (logs, artifacts, flow-run parameters)."""
+    key = _secret_key()
+    sim = make_simulator(latency_s=0.2, api_key=key)  # proves the key was really used
+    dest = tmp_path / "out"
+    config = sim_config(tmp_path, sim)
+    manifest = _security_manifest(pictures)
+    proc = start_cli(
+        [
+            "run",
+            str(manifest),
+            "--dest",
+            str(dest),
+            "--config",
+            str(config),
+            "--verbose",
+        ],
+        subprocess_env(tmp_path, key),
+    )
+    out, errs = proc.communicate(timeout=180)
+    assert proc.returncode == 1, errs.decode()[-3000:]
+    assert b"submitted as prediction" in out + errs, "--verbose shows the flow's logs"
+    assert not _leaks(key, out) and not _leaks(key, errs)
+    statuses = table(dest).set_index("id")["status"].to_dict()
+    assert statuses == {"ok1": "landed", "ok2": "landed", "mod": "failed", "bad": "rejected"}
+    assert not _files_with(key, dest) and not _files_with(key, tmp_path / "prefect-home")
+    assert_prefect_never_stored(key, str(manifest), "mod: failed")
+    assert_money_rules(sim, dest)
+
+
 def test_api_key_never_leaks_from_the_flow(
     make_simulator: Any, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The flow, a good run then one the provider refuses: the key is in no exception,
     no file under DEST, and nothing the Prefect server stored (flow-run parameters and
     state messages, task runs, artifacts, logs, its database file)."""
-    from prefect.logging.handlers import APILogHandler
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
-
     from i2v.pipeline import RunAborted
 
     key = _secret_key()
@@ -699,12 +737,8 @@ def test_api_key_never_leaks_from_the_flow(
     text = "".join(traceback.format_exception(failure.value))
     assert "ATLASCLOUD_API_KEY" in text and not _leaks(key, text)
 
-    APILogHandler().flush()
-    stored = asyncio.run(_prefect_records())
-    assert str(manifest) in stored and "submitted as prediction" in stored
-    assert "refused the API key" in stored, "the failed run's state or logs were read"
-    assert not _leaks(key, stored)
     assert not _files_with(key, dest) and not _files_with(key, tmp_path / "out2")
-    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
-    assert not _files_with(key, db.parent)
+    assert_prefect_never_stored(
+        key, str(manifest), "submitted as prediction", "refused the API key", "i2v-results"
+    )
     assert_money_rules(sim, dest)
