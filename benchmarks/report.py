@@ -1,0 +1,283 @@
+"""The machine a benchmark ran on, and the one markdown table it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from harness import REPO
+
+Row = tuple[str, str, str, str, str]  # number, measure, result, target, met
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM, Python, Prefect, code revision and load right now."""
+    cpu = "unknown"
+    ram_kib = 0
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    with open("/proc/meminfo", encoding="utf-8") as f:
+        ram_kib = next((int(ln.split()[1]) for ln in f if ln.startswith("MemTotal")), 0)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(ram_kib / 1024**2, 1),
+        "python": platform.python_version(),
+        "prefect": version("prefect"),
+        "kernel": platform.release(),
+        "revision": _revision(),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _revision() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{head} + local changes" if dirty else head
+
+
+def render(settings: dict[str, Any], host: dict[str, Any], results: dict[str, Any]) -> str:
+    """The whole result as one markdown table."""
+    rows: list[Row] = [
+        ("", "Machine", _machine_text(host), "", ""),
+        ("", "Settings", _settings_text(settings), "", ""),
+    ]
+    rows += _efficiency_rows(settings, int(host["cores"] or 1), results.get("efficiency"))
+    rows += _memory_rows(settings, results.get("memory"))
+    rows += _rerun_rows(results.get("rerun"))
+    rows += _sample_rows(results.get("sample"))
+    rows += _startup_rows(results.get("startup"))
+    head = ["#", "Measure", "Result", "Target", "Met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _machine_text(m: dict[str, Any]) -> str:
+    load = m.get("load_before", [0.0])[0], m.get("load_after", [0.0])[0]
+    return (
+        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
+        f"Python {m['python']}, Prefect {m['prefect']}, code {m['revision']}; "
+        f"1-min load average {load[0]:.2f} before, {load[1]:.2f} after"
+    )
+
+
+def _settings_text(s: dict[str, Any]) -> str:
+    return (
+        f"simulator latency L = {s['latency_s']:g} s, provider cap C = {s['cap']}, "
+        f"`--concurrency {s['concurrency']}`, poll_interval_s {s['poll_interval_s']:g} "
+        f"(default), expected_duration_s {s['expected_duration_s']:g} (default), "
+        f"timeout_s 600, no global concurrency limit; Prefect's temporary server, "
+        f"fresh PREFECT_HOME"
+    )
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**NO**"
+
+
+def _error(number: str, measure: str, part: Any) -> list[Row] | None:
+    if part is None:
+        return []
+    if isinstance(part, dict) and "error" in part:
+        return [(number, measure, f"ERROR: {part['error']}", "", "**NO**")]
+    return None
+
+
+def _efficiency_rows(settings: dict[str, Any], host_cores: int, part: Any) -> list[Row]:
+    early = _error("1", "Efficiency", part)
+    if early is not None:
+        return early
+    rows: list[Row] = []
+    for n, r in part.items():
+        failed = _error("1", f"N = {n}", r)
+        if failed is not None:
+            rows += failed
+            continue
+        rows.append(
+            (
+                "1",
+                f"Efficiency, N = {n}",
+                f"{r['efficiency']:.2f}: ideal {r['ideal_s']:.1f} s "
+                f"({n} x {settings['latency_s']:g} s / {settings['cap']}), actual "
+                f"{r['actual_s']:.1f} s (first submission -> last landing); "
+                f"{r['landed']}/{n} landed",
+                ">= 0.80",
+                _met(r["efficiency"] >= 0.8),
+            )
+        )
+        rows.append(
+            (
+                "1",
+                f"Wall time, N = {n}",
+                f"{r['wall_s']:.1f} s = start-up {r['startup_s']:.1f} s (CLI start -> first "
+                f"submission) + batch {r['actual_s']:.1f} s + end {r['end_s']:.1f} s (results "
+                f"table written after {r['table_s']:.1f} s, then artifacts, Prefect shutdown); "
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB",
+                "",
+                "",
+            )
+        )
+        rows.append(("1", f"CPU, N = {n}", _cpu_text(settings, host_cores, r), "", ""))
+        rows.append(("1", f"Per-video times, N = {n}", _phases_text(r["phases"]), "", ""))
+        rows.append(
+            (
+                "2",
+                f"Polls per video, N = {n}",
+                f"{r['polls_per_video']:.2f} ({r['polls']} polls / {r['jobs_created']} jobs); "
+                f"{r['http_429']} x 429, max {r['max_in_flight']} in flight at the provider",
+                "<= 3",
+                _met(r["polls_per_video"] <= 3),
+            )
+        )
+    return rows
+
+
+def _cpu_text(settings: dict[str, Any], cores: int, r: dict[str, Any]) -> str:
+    text = (
+        f"CLI {r['cli_cpu_s']:.1f} s, its Prefect server {r['prefect_server_cpu_s']:.1f} s, "
+        f"simulator {r['sim_cpu_s']:.1f} s"
+    )
+    per_video = r.get("cpu_per_video_s")
+    if not per_video:
+        return text
+    needed = settings["cap"] / settings["latency_s"]  # videos per second at the ideal
+    ceiling = cores / per_video / needed
+    return (
+        f"{text}; {per_video * 1000:.0f} ms of CLI + Prefect-server CPU per video beyond "
+        f"a 1-row run's, so {cores} cores sustain at most {cores / per_video:.1f} videos/s "
+        f"vs the {needed:g}/s the ideal needs: CPU-bound ceiling {ceiling:.2f} efficiency"
+    )
+
+
+def _phases_text(p: dict[str, float]) -> str:
+    def s(key: str) -> str:
+        return f"{p[key]:.2f} s" if key in p else "?"
+
+    return (
+        f"medians: generate POST (with its write-ahead record) {s('post_s')}; submitted -> "
+        f"a poll saw it done {s('wait_s')} (provider's own time {s('provider_s')}); "
+        f"seen done -> landed {s('land_s')}"
+    )
+
+
+def _memory_rows(settings: dict[str, Any], part: Any) -> list[Row]:
+    early = _error("3", "Peak RSS", part)
+    if early is not None:
+        return early
+    rows: list[Row] = []
+    big_mib = settings["pad_bytes"] / 2**20
+    for where in ("local", "s3"):
+        tiny, big = part.get(f"{where}-tiny"), part.get(f"{where}-big")
+        measure = f"Peak RSS, {where} DEST"
+        bad = next((r for r in (tiny, big) if r is None or "error" in r), None)
+        if bad is not None:
+            rows += _error("3", measure, bad or {"error": "not measured"}) or []
+            continue
+        assert tiny is not None and big is not None
+        growth = big["peak_rss_mib"] - tiny["peak_rss_mib"]
+        rows.append(
+            (
+                "3",
+                measure,
+                f"{growth:+.0f} MiB: {tiny['peak_rss_mib']:.0f} MiB with tiny videos "
+                f"({tiny['video_mib']:.2f} MiB), {big['peak_rss_mib']:.0f} MiB with "
+                f"{big['video_mib']:.0f} MiB videos; {big['rows']} rows each, submitted together",
+                f"<= +64 MiB for {big_mib:.0f} MiB",
+                _met(growth <= 64),
+            )
+        )
+    return rows
+
+
+def _rerun_rows(part: Any) -> list[Row]:
+    early = _error("4", "Rerun", part)
+    if early is not None:
+        return early
+    return [
+        (
+            "4",
+            f"Rerun of the finished N = {part['n']} batch",
+            f"{part['wall_s']:.1f} s wall, {part['api_calls']} API calls; "
+            f"peak RSS {part['peak_rss_mib']:.0f} MiB",
+            "0 API calls",
+            _met(part["api_calls"] == 0),
+        )
+    ]
+
+
+def _sample_rows(part: Any) -> list[Row]:
+    early = _error("5", "Speed-up", part)
+    if early is not None:
+        return early
+    versus = (
+        f"vs the pipeline's measured {part['pipeline_wall_s']:.1f} s wall time "
+        f"(start-up included): {part['speedup']:.1f}x faster"
+        if part.get("pipeline_wall_s")
+        else "(no pipeline run of that size to compare)"
+    )
+    return [
+        (
+            "5",
+            f"Speed-up over the sample loop, N = {part['n']}",
+            f"sample loop {part['per_row_s']:.2f} s/row measured on {part['rows']} rows "
+            f"(poll every {part['poll_s']:g} s, as published) -> "
+            f"{part['extrapolated_s']:.0f} s EXTRAPOLATED to {part['n']} rows, {versus}",
+            "",
+            "",
+        )
+    ]
+
+
+def _startup_rows(part: Any) -> list[Row]:
+    early = _error("6", "Start-up", part)
+    if early is not None:
+        return early
+    rows: list[Row] = []
+    for key, measure in (("warm", "1-row run"), ("cold", "First run of all (empty PREFECT_HOME)")):
+        r = part.get(key)
+        if r is None:
+            continue
+        failed = _error("6", measure, r)
+        if failed is not None:
+            rows += failed
+            continue
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items() if v is not None)
+        share = r["parts"][r["dominant"]] / r["wall_s"]
+        rows.append(
+            (
+                "6",
+                measure,
+                f"{r['wall_s']:.1f} s = {parts}; dominated by {r['dominant']} ({share:.0%}). "
+                f"CPU: CLI {r['cli_cpu_s']:.1f} s, its Prefect server "
+                f"{r['prefect_server_cpu_s']:.1f} s",
+                "",
+                "",
+            )
+        )
+    if "import_s" in part:
+        rows.append(
+            (
+                "6",
+                '`python -c "import flows.batch"`',
+                f"{part['import_s']:.2f} s (bare `python -c pass`: {part['python_s']:.2f} s)",
+                "",
+                "",
+            )
+        )
+    return rows
+
+
+def write(results_dir: Path, table: str, raw: dict[str, Any]) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "latest.md").write_text(table, encoding="utf-8")
+    (results_dir / "latest.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
