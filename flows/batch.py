@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.common import atlas_client, opaque, provider_slot_factory, s3_client_for
+from i2v.batching import Entry, MicroBatcher, batch_label
 from i2v.config import BatchOptions
 from i2v.errors import AmbiguousSubmissionError, I2VError, InputError
 from i2v.pipeline import (
@@ -41,7 +43,13 @@ from i2v.pipeline import (
 from i2v.results import RunSummary
 from i2v.state import InputRecord, Phase
 from i2v.storage import open_storage
-from tasks import land_video, publish_results, submit_generation, upload_picture, wait_for_video
+from tasks import (
+    land_videos,
+    publish_results,
+    submit_generations,
+    upload_pictures,
+    wait_for_videos,
+)
 from tasks.artifacts import ProgressReporter
 from tasks.rows import check_pictures, read_rows
 
@@ -51,6 +59,34 @@ def new_run_id() -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run = flow_run.get_id()
     return f"{stamp}-{str(run)[:8]}" if run else stamp
+
+
+def _label(entries: list[Entry[Any, Any]]) -> str:
+    jobs = [e.item[0] if isinstance(e.item, tuple) else e.item for e in entries]
+    return batch_label([j.name for j in jobs])
+
+
+class Steps:
+    """The per-row steps as micro-batched Prefect tasks (see `i2v.batching`).
+
+    Rows that reach a step within a few milliseconds share one task run; each row
+    still gets its own result the moment it is ready.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        c = opaque(ctx)
+        self.upload: MicroBatcher[Job, str] = MicroBatcher(
+            lambda es: upload_pictures(c, opaque(es), _label(es)), max_size=16
+        )
+        self.submit: MicroBatcher[tuple[Job, str], InputRecord] = MicroBatcher(
+            lambda es: submit_generations(c, opaque(es), _label(es)), max_size=25
+        )
+        self.poll: MicroBatcher[tuple[Job, InputRecord], InputRecord] = MicroBatcher(
+            lambda es: wait_for_videos(c, opaque(es), _label(es)), max_size=50, window_s=0.05
+        )
+        self.land: MicroBatcher[tuple[Job, InputRecord], InputRecord] = MicroBatcher(
+            lambda es: land_videos(c, opaque(es), _label(es)), max_size=25, window_s=0.05
+        )
 
 
 @flow(name="i2v-batch", log_prints=False)
@@ -73,6 +109,11 @@ async def i2v_batch(
     """
     options = options or BatchOptions()
     logger = get_run_logger()
+    # State writes (fsync'd), S3 calls and file moves run in threads; the default pool
+    # (cores + 4 threads) queues them behind each other when dozens of rows are live.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=min(64, 8 + 2 * options.concurrency))
+    )
     s3 = s3_client_for(options) if "s3://" in source + dest else None
     manifest = await asyncio.to_thread(read_rows, source, options, s3)
     if lines is not None:
@@ -114,7 +155,8 @@ async def i2v_batch(
             slot = await provider_slot_factory(options.global_concurrency_limit)
             if slot is not None:
                 ctx.provider_slot = slot
-        await asyncio.gather(*(process(ctx, job) for job in jobs))
+        steps = Steps(ctx)
+        await asyncio.gather(*(process(ctx, steps, job) for job in jobs))
     summary = await publish_results(
         opaque(ctx),
         opaque(plans),
@@ -134,10 +176,10 @@ async def i2v_batch(
     return summary
 
 
-async def process(ctx: RunContext, job: Job) -> None:
+async def process(ctx: RunContext, steps: Steps, job: Job) -> None:
     """Carry one distinct input as far as it can go in this run."""
     try:
-        job.outcome = await _advance(ctx, job)
+        job.outcome = await _advance(ctx, steps, job)
     except NotSubmitted as exc:
         job.outcome = JobOutcome(RowStatus.NOT_SUBMITTED, error=str(exc))
     except (Rejected, InputError) as exc:
@@ -155,10 +197,9 @@ async def process(ctx: RunContext, job: Job) -> None:
     ctx.emit("outcome", job, job.outcome)
 
 
-async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
+async def _advance(ctx: RunContext, steps: Steps, job: Job) -> JobOutcome:
     action = action_for(ctx, job)
     record = job.record
-    refetch = False  # the video went missing from DEST: bypass the land cache
     if action is Action.DONE:
         assert record is not None
         if await video_present(ctx, record):
@@ -173,7 +214,6 @@ async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
             )
         action = Action.LAND  # re-fetch from the provider: still paid, not paid again
         record = record.moved(Phase.SUCCEEDED, ctx.run_id)
-        refetch = True
     if action is Action.FINAL:
         return outcome_of(record)
     if action is Action.HOLD_AMBIGUOUS:
@@ -187,21 +227,20 @@ async def _advance(ctx: RunContext, job: Job) -> JobOutcome:
         # Upload ahead of the in-flight slot so a slot is only held while the provider
         # works; the prefetch bound keeps temporary upload URLs from going stale.
         async with ctx.prefetch:
-            image_url = await upload_picture(opaque(ctx), opaque(job))
+            image_url = await steps.upload(job)
             async with ctx.limiter.slot(), ctx.provider_slot():
-                record = await submit_generation(opaque(ctx), opaque(job), image_url)
+                record = await steps.submit((job, image_url))
                 paid = record.cost_usd or 0.0
                 ctx.emit("submitted", job)
-                record = await wait_for_video(opaque(ctx), opaque(job), opaque(record))
+                record = await steps.poll((job, record))
     elif action is Action.POLL:
         async with ctx.limiter.slot(), ctx.provider_slot():
             assert record is not None
-            record = await wait_for_video(opaque(ctx), opaque(job), opaque(record))
+            record = await steps.poll((job, record))
     assert record is not None
     if record.phase is Phase.SUCCEEDED:
         try:
-            lander = land_video.with_options(refresh_cache=True) if refetch else land_video
-            record = await lander(opaque(ctx), opaque(job), opaque(record))
+            record = await steps.land((job, record))
         except Exception as exc:
             await remember_output(ctx, job, record)
             return JobOutcome(

@@ -1,9 +1,30 @@
-"""Helpers for task options: retry only what is safe and may help; read parameters."""
+"""Helpers for tasks: retry only what is safe and may help."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    kinds: tuple[type[BaseException], ...],
+    delays_s: Sequence[float],
+) -> T:
+    """`call()`, again after each delay while it raises one of `kinds`.
+
+    Retries are per row inside a batch task: one row's flaky download must not make the
+    other rows of its batch run again.
+    """
+    for delay in delays_s:
+        try:
+            return await call()
+        except kinds:
+            await asyncio.sleep(delay)
+    return await call()
 
 
 def raised(state: Any) -> BaseException | None:
@@ -17,12 +38,6 @@ def raised(state: Any) -> BaseException | None:
         return data
     inner = getattr(data, "result", None)
     return inner if isinstance(inner, BaseException) else None
-
-
-def unquoted(value: Any) -> Any:
-    """A task parameter as the task sees it, whether or not the caller quoted it."""
-    unwrap = getattr(value, "unquote", None)
-    return unwrap() if callable(unwrap) else value
 
 
 def retry_on(*kinds: type[BaseException]) -> Callable[[Any, Any, Any], bool]:

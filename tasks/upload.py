@@ -1,4 +1,4 @@
-"""Upload step: give the provider a URL it can read the picture from."""
+"""Upload step: give the provider a URL it can read each picture from."""
 
 from __future__ import annotations
 
@@ -6,25 +6,31 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from i2v import pipeline
+from i2v.batching import Entry, settle_each
 from i2v.errors import RateLimitedError, ServerError, StorageError, TransportError
-from tasks._retry import retry_on
+from tasks._retry import with_retries
+
+UPLOAD_RETRY_DELAYS_S = (1.0, 4.0)
 
 
 # Not cached across runs: the provider forgets uploads ("uploaded inputs are temporary")
 # on its own schedule, and a cached dead URL would get good rows rejected. Within a run
 # each picture is uploaded once (`pipeline.image_url_for`).
-@task(
-    name="upload",
-    task_run_name="upload-{job.name}",
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_condition_fn=retry_on(RateLimitedError, ServerError, TransportError, StorageError),
-    cache_policy=NO_CACHE,
-)
-async def upload_picture(ctx: pipeline.RunContext, job: pipeline.Job) -> str:
-    """Return an image URL for `job`: as given, a presigned S3 URL, or an uploadMedia URL.
+@task(name="upload", task_run_name="upload-{label}", cache_policy=NO_CACHE)
+async def upload_pictures(
+    ctx: pipeline.RunContext, entries: list[Entry[pipeline.Job, str]], label: str
+) -> tuple[int, int]:
+    """Give each job an image URL: as given, a presigned S3 URL, or an uploadMedia URL.
 
-    Uploading is free, so it is retried on transient errors; a changed or unreadable
-    picture fails the row.
+    Uploading is free, so each is retried on transient errors; a changed or unreadable
+    picture fails only its row. Returns (succeeded, failed).
     """
-    return await pipeline.image_url_for(ctx, job)
+
+    async def one(job: pipeline.Job) -> str:
+        return await with_retries(
+            lambda: pipeline.image_url_for(ctx, job),
+            (RateLimitedError, ServerError, TransportError, StorageError),
+            UPLOAD_RETRY_DELAYS_S,
+        )
+
+    return await settle_each(entries, one)

@@ -223,19 +223,20 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> int:
     """
     from i2v import client as client_module
     from i2v.retry import RetryPolicy
-    from tasks.land import land_video
+    from tasks import land as land_module
 
     fast = functools.partial(RetryPolicy, base_delay_s=0.01, max_delay_s=0.02)
     monkeypatch.setattr(client_module, "RetryPolicy", fast)
-    monkeypatch.setattr(land_video, "retry_delay_seconds", [0.05])
-    return RetryPolicy().max_attempts * (land_video.retries + 1)
+    retries = len(land_module.LAND_RETRY_DELAYS_S)
+    monkeypatch.setattr(land_module, "LAND_RETRY_DELAYS_S", (0.05,) * retries)
+    return RetryPolicy().max_attempts * (retries + 1)
 
 
 def test_download_cut_beyond_client_retries_is_retried_by_the_land_task(
     make_simulator: Any, pictures: Path, tmp_path: Path, fast_retries: int
 ) -> None:
-    """One cut more than the client's own attempts: the land task's retries (retries=2,
-    retry_on OutputError) fetch the paid video again in the same run."""
+    """One cut more than the client's own attempts: the land task's per-row retries
+    (on OutputError) fetch the paid video again in the same run."""
     from i2v.retry import RetryPolicy
 
     cuts = RetryPolicy().max_attempts + 1
