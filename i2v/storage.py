@@ -42,8 +42,22 @@ MiB = 1024 * 1024
 
 # Multipart uploads read one part per worker from the file, so memory stays near
 # chunksize * max_concurrency (32 MiB) however big the video is.
+# Memory per upload is about (parts in flight + parts read ahead) x part size: s3transfer
+# reads up to `max_in_memory_upload_chunks` (default 10, i.e. 80 MiB) ahead of the
+# senders. Measured: 3 videos of 300 MiB landing together grew the run by 65 MiB with
+# 4 parts in flight each; 2 in flight and 2 read ahead bound one upload to ~32 MiB.
+# Throughput comes from landing several videos at once, not from parts of one.
 UPLOAD_CONFIG = TransferConfig(
-    multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=4
+    multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=2
+)
+UPLOAD_CONFIG.max_in_memory_upload_chunks = 2  # s3transfer's knob; boto3's init lacks it
+# Downloads (contact sheets of S3 videos): the default keeps 10 parts in flight and a
+# 25 MiB write queue; two parts and a short queue keep a 300 MiB video off the heap.
+DOWNLOAD_CONFIG = TransferConfig(
+    multipart_threshold=8 * MiB,
+    multipart_chunksize=8 * MiB,
+    max_concurrency=2,
+    max_io_queue=16,
 )
 # A video is copied server-side in one copy_object call; only objects above 4 GiB (near
 # copy_object's 5 GiB limit) go through part copies.
