@@ -75,7 +75,7 @@ def _settings_text(s: dict[str, Any]) -> str:
     return (
         f"simulator latency L = {s['latency_s']:g} s, provider cap C = {s['cap']}, "
         f"`--concurrency {s['concurrency']}`, poll_interval_s {s['poll_interval_s']:g} "
-        f"(default), expected_duration_s {s['expected_duration_s']:g} (default), "
+        f"(default), expected_duration_s {s['expected_duration_s']:g} (= L), "
         f"timeout_s 600, no global concurrency limit; Prefect's temporary server, "
         f"fresh PREFECT_HOME"
     )
