@@ -157,7 +157,7 @@ def _run_flow(source: str, dest: str, options: Any) -> int:
 
 
 def _print_summary(summary: Any, dest: str) -> None:
-    table = Table(title="dry run" if summary.dry_run else f"run {summary.run_id}")
+    table = Table(title="dry run" if summary.dry_run else "rows")
     table.add_column("status")
     table.add_column("rows", justify="right")
     for key, value in summary.counts.items():
@@ -171,8 +171,8 @@ def _print_summary(summary: Any, dest: str) -> None:
         )
         return
     out.print(
-        f"spent ${summary.spent_usd:.2f} on {summary.submissions} submissions; "
-        f"{summary.polls} polls; {summary.elapsed_s:.1f} s"
+        f"run {summary.run_id}: spent ${summary.spent_usd:.2f} on {summary.submissions} "
+        f"submissions; {summary.polls} polls; {summary.elapsed_s:.1f} s"
     )
     if summary.stop_message:
         out.print(f"[yellow]stopped:[/yellow] {summary.stop_message}")
