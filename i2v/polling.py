@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 # The first poll aims this far past the typical duration: a job that takes exactly the
 # typical time is then done when the poll arrives, at a small cost in latency.
-FIRST_POLL_FACTOR = 1.02
-FIRST_POLL_SLACK_S = 0.05
+FIRST_POLL_FACTOR = 1.0
+FIRST_POLL_SLACK_S = 0.03
 # Between polls of a job that is not done yet, in the usual range: a tenth of a job.
 SHORT_INTERVAL_FRACTION = 0.1
 # A job is a straggler once past `high()` by this factor (with identical jobs `high()`
