@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -99,7 +98,6 @@ async def atlas_client(options: BatchOptions, ctx: RunContext) -> AsyncIterator[
             # the requests actually in flight costs CPU and buys nothing.
             max_connections=min(128, max(32, options.concurrency * 2)),
         ) as client:
-            ctx.client_cache_scope = hashlib.sha256(client.base_url.encode()).hexdigest()[:16]
             yield client
     finally:
         if handle is not None:

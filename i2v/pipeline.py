@@ -190,9 +190,6 @@ class RunContext:
         self.stop_message: str | None = None
         self.stats = RunStats()
         self.listeners: list[Listener] = list(LISTENERS)
-        # Scope for reusing uploads across runs: uploads are only valid at the API that
-        # issued them. None disables reuse.
-        self.client_cache_scope: str | None = None
         # The flow layer swaps this for a Prefect global-concurrency slot.
         self.provider_slot: Callable[[], AbstractAsyncContextManager[None]] = _no_slot
 
