@@ -18,7 +18,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.common import atlas_client, opaque, provider_slot_factory, s3_client_for
-from i2v.batching import Entry, MicroBatcher, batch_label
+from i2v.batching import Batch, MicroBatcher
 from i2v.config import BatchOptions
 from i2v.errors import AmbiguousSubmissionError, I2VError, InputError
 from i2v.pipeline import (
@@ -61,31 +61,34 @@ def new_run_id() -> str:
     return f"{stamp}-{str(run)[:8]}" if run else stamp
 
 
-def _label(entries: list[Entry[Any, Any]]) -> str:
-    jobs = [e.item[0] if isinstance(e.item, tuple) else e.item for e in entries]
-    return batch_label([j.name for j in jobs])
+def _label(batch: Batch[Any, Any]) -> str:
+    """A batch's task-run label: the first row it carried (more rows join later)."""
+    first = batch.entries[0].item
+    job = first[0] if isinstance(first, tuple) else first
+    return str(job.name)
 
 
 class Steps:
     """The per-row steps as micro-batched Prefect tasks (see `i2v.batching`).
 
-    Rows that reach a step within a few milliseconds share one task run; each row
-    still gets its own result the moment it is ready.
+    A task run opens when a row reaches its step and keeps taking the rows that follow
+    for up to 2 s (0.5 s without a new row); each row still gets its own result the
+    moment it is ready. The run is named after the first row it carried.
     """
 
     def __init__(self, ctx: RunContext) -> None:
         c = opaque(ctx)
         self.upload: MicroBatcher[Job, str] = MicroBatcher(
-            lambda es: upload_pictures(c, opaque(es), _label(es)), max_size=16
+            lambda b: upload_pictures(c, opaque(b), _label(b))
         )
         self.submit: MicroBatcher[tuple[Job, str], InputRecord] = MicroBatcher(
-            lambda es: submit_generations(c, opaque(es), _label(es)), max_size=25
+            lambda b: submit_generations(c, opaque(b), _label(b))
         )
         self.poll: MicroBatcher[tuple[Job, InputRecord], InputRecord] = MicroBatcher(
-            lambda es: wait_for_videos(c, opaque(es), _label(es)), max_size=50, window_s=0.05
+            lambda b: wait_for_videos(c, opaque(b), _label(b))
         )
         self.land: MicroBatcher[tuple[Job, InputRecord], InputRecord] = MicroBatcher(
-            lambda es: land_videos(c, opaque(es), _label(es)), max_size=25, window_s=0.05
+            lambda b: land_videos(c, opaque(b), _label(b))
         )
 
 

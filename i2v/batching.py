@@ -1,17 +1,24 @@
-"""Micro-batching: rows that reach the same step at about the same time share one call.
+"""Micro-batching: rows that reach a step close together share one call.
 
-Each row still awaits its own result, settled the moment that row is done, so a fast
-row never waits for a slow one in its batch. The flow uses this to run one Prefect task
-per step for a handful of rows instead of one per row: Prefect's bookkeeping of a task
-run costs about as much CPU as the row's whole HTTP work (measured, see the README),
-and on a small machine that bookkeeping, not the provider, was the bottleneck.
+A batch opens when a row reaches a step and no batch of that step is accepting rows;
+rows that arrive while it is open join it, even after its call has started, until it
+holds `max_size` rows, has been open `accept_s`, or no row joined for `idle_s`. Each row
+still awaits its own result, settled the moment that row is done, so a fast row never
+waits for a slow one in its batch.
+
+The flow uses this to run one Prefect task per step for a stream of rows instead of one
+per row: Prefect's bookkeeping of a task run costs about as much CPU as the row's whole
+HTTP work (measured, see the README). Batches that close when their first rows start
+(a fixed gathering window) degenerate into one task run per row as soon as rows stop
+arriving in waves, which is exactly when a busy run needs the CPU back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -37,92 +44,139 @@ class Entry(Generic[I, R]):
             self.future.set_result(result)  # type: ignore[arg-type]
 
 
+class Batch(Generic[I, R]):
+    """The rows of one call to a step: an async iterable that rows keep joining.
+
+    Iterating yields each entry as it joins and ends once the batch has stopped
+    accepting and every joined entry was yielded. Single event loop only: `offer` and
+    the decision to close never interleave, so no row can join a batch that has
+    stopped reading.
+    """
+
+    def __init__(self, *, max_size: int, accept_s: float, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
+        self.max_size = max(1, max_size)
+        self._close_at = now + accept_s
+        self._idle_s = idle_s
+        self._last_join = now
+        self._unread: deque[Entry[I, R]] = deque()
+        self._wake = asyncio.Event()
+        self.entries: list[Entry[I, R]] = []  # every entry that joined, in order
+        self.closed = False
+
+    def _accepting(self, now: float) -> bool:
+        return (
+            not self.closed
+            and len(self.entries) < self.max_size
+            and now < min(self._close_at, self._last_join + self._idle_s)
+        )
+
+    def offer(self, entry: Entry[I, R]) -> bool:
+        """Add `entry` if the batch still accepts rows; False if it does not."""
+        now = self._loop.time()
+        if self.entries and not self._accepting(now):
+            return False
+        self.entries.append(entry)
+        self._unread.append(entry)
+        self._last_join = now
+        self._wake.set()
+        return True
+
+    def close(self) -> None:
+        """Accept no more rows; iteration ends once the joined ones are read."""
+        self.closed = True
+        self._wake.set()
+
+    def __aiter__(self) -> AsyncIterator[Entry[I, R]]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[Entry[I, R]]:
+        while True:
+            while self._unread:
+                yield self._unread.popleft()
+            now = self._loop.time()
+            if not self._accepting(now):
+                self.closed = True  # no await since the queue was seen empty
+                return
+            self._wake.clear()
+            wait_s = min(self._close_at, self._last_join + self._idle_s) - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+
+
 async def settle_each(
-    entries: Sequence[Entry[I, R]], step: Callable[[I], Awaitable[R]]
+    entries: AsyncIterable[Entry[I, R]], step: Callable[[I], Awaitable[R]]
 ) -> tuple[int, int]:
-    """Run `step` for every entry concurrently, settling each entry as soon as it ends.
+    """Run `step` for every entry as it arrives, settling each entry as soon as it ends.
 
     Returns (succeeded, failed) counts for the batch's own record.
     """
+    outcomes: list[bool] = []
 
-    async def one(entry: Entry[I, R]) -> bool:
+    async def one(entry: Entry[I, R]) -> None:
         try:
             entry.settle(await step(entry.item))
-            return True
+            outcomes.append(True)
         except Exception as exc:  # the row's own error goes to the row, not the batch
             entry.settle(error=exc)
-            return False
+            outcomes.append(False)
 
-    results = await asyncio.gather(*(one(e) for e in entries))
-    ok = sum(results)
-    return ok, len(results) - ok
+    async with asyncio.TaskGroup() as group:
+        async for entry in entries:
+            group.create_task(one(entry))
+    ok = sum(outcomes)
+    return ok, len(outcomes) - ok
 
 
 class MicroBatcher(Generic[I, R]):
-    """Collects items for up to `window_s` (or `max_size` items) and runs them together.
+    """Hands each item to the step's open batch, opening a new one when none accepts.
 
-    `run_batch(entries)` must settle every entry; anything it leaves unsettled (it
-    crashed) gets its exception, so no row ever waits forever.
+    `run_batch(batch)` must settle every entry it reads; anything left unsettled when it
+    returns or crashes gets an exception, so no row ever waits forever.
     """
 
     def __init__(
         self,
-        run_batch: Callable[[list[Entry[I, R]]], Awaitable[Any]],
+        run_batch: Callable[[Batch[I, R]], Awaitable[Any]],
         *,
-        max_size: int = 25,
-        window_s: float = 0.02,
+        max_size: int = 50,
+        accept_s: float = 2.0,
+        idle_s: float = 0.5,
     ) -> None:
         self._run_batch = run_batch
-        self.max_size = max(1, max_size)
-        self.window_s = window_s
-        self._pending: list[Entry[I, R]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self.max_size = max_size
+        self.accept_s = accept_s
+        self.idle_s = idle_s
+        self._open: Batch[I, R] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.batches = 0
 
     async def __call__(self, item: I) -> R:
         entry: Entry[I, R] = Entry(item)
-        self._pending.append(entry)
-        if len(self._pending) >= self.max_size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
+        if self._open is None or not self._open.offer(entry):
+            batch: Batch[I, R] = Batch(
+                max_size=self.max_size, accept_s=self.accept_s, idle_s=self.idle_s
+            )
+            batch.offer(entry)
+            self._open = batch
+            self.batches += 1
+            task = asyncio.ensure_future(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         return await entry.future
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        self.batches += 1
-        task = asyncio.ensure_future(self._run(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _run(self, batch: list[Entry[I, R]]) -> None:
+    async def _run(self, batch: Batch[I, R]) -> None:
         try:
             await self._run_batch(batch)
         except BaseException as exc:
-            for entry in batch:
-                entry.settle(error=exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            batch.close()
+            error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+            for entry in batch.entries:
+                entry.settle(error=error)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            for entry in batch:
+            batch.close()
+            for entry in batch.entries:
                 entry.settle(error=RuntimeError("the batch ended without settling this row"))
-
-    async def drain(self) -> None:
-        """Wait for every batch already started (at the end of a run)."""
-        self._flush()
-        while self._running:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*self._running, return_exceptions=True)
-
-
-def batch_label(names: Sequence[str]) -> str:
-    """A short task-run label for a batch: `first` or `first+N`."""
-    if not names:
-        return "empty"
-    return names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"

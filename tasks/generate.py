@@ -6,14 +6,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from i2v import pipeline
-from i2v.batching import Entry, settle_each
+from i2v.batching import Batch, settle_each
 from i2v.state import InputRecord
 
 
 @task(name="generate", task_run_name="generate-{label}", retries=0, cache_policy=NO_CACHE)
 async def submit_generations(
     ctx: pipeline.RunContext,
-    entries: list[Entry[tuple[pipeline.Job, str], InputRecord]],
+    entries: Batch[tuple[pipeline.Job, str], InputRecord],
     label: str,
 ) -> tuple[int, int]:
     """Submit one paid prediction per entry, each write-ahead recorded in DEST/_state/.

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from i2v import pipeline
-from i2v.batching import Entry, settle_each
+from i2v.batching import Batch, settle_each
 from i2v.errors import OutputError, StorageError, TransportError
 from i2v.state import InputRecord
 from tasks._retry import with_retries
@@ -17,7 +17,7 @@ LAND_RETRY_DELAYS_S = (2.0, 8.0)
 @task(name="land", task_run_name="land-{label}", cache_policy=NO_CACHE)
 async def land_videos(
     ctx: pipeline.RunContext,
-    entries: list[Entry[tuple[pipeline.Job, InputRecord], InputRecord]],
+    entries: Batch[tuple[pipeline.Job, InputRecord], InputRecord],
     label: str,
 ) -> tuple[int, int]:
     """For each entry: download the output to a staged file, check it is an mp4, move it

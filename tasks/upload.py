@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from i2v import pipeline
-from i2v.batching import Entry, settle_each
+from i2v.batching import Batch, settle_each
 from i2v.errors import RateLimitedError, ServerError, StorageError, TransportError
 from tasks._retry import with_retries
 
@@ -18,7 +18,7 @@ UPLOAD_RETRY_DELAYS_S = (1.0, 4.0)
 # each picture is uploaded once (`pipeline.image_url_for`).
 @task(name="upload", task_run_name="upload-{label}", cache_policy=NO_CACHE)
 async def upload_pictures(
-    ctx: pipeline.RunContext, entries: list[Entry[pipeline.Job, str]], label: str
+    ctx: pipeline.RunContext, entries: Batch[pipeline.Job, str], label: str
 ) -> tuple[int, int]:
     """Give each job an image URL: as given, a presigned S3 URL, or an uploadMedia URL.
 

@@ -6,14 +6,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from i2v import pipeline
-from i2v.batching import Entry, settle_each
+from i2v.batching import Batch, settle_each
 from i2v.state import InputRecord
 
 
 @task(name="poll", task_run_name="poll-{label}", cache_policy=NO_CACHE)
 async def wait_for_videos(
     ctx: pipeline.RunContext,
-    entries: list[Entry[tuple[pipeline.Job, InputRecord], InputRecord]],
+    entries: Batch[tuple[pipeline.Job, InputRecord], InputRecord],
     label: str,
 ) -> tuple[int, int]:
     """Poll each prediction until it ends or its deadline passes; its record says how.

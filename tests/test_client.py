@@ -472,7 +472,8 @@ async def test_key_is_sent_only_to_the_api_origin(simulator: Any) -> None:
         sent.append((request.url.host, "authorization" in request.headers))
 
     async with make_client(simulator) as client:
-        client._http.event_hooks["request"].append(record)
+        for http in client.http_clients:
+            http.event_hooks["request"].append(record)
         prediction = await submit(client)
         done = await client.wait_for_prediction(
             prediction.id, deadline_s=20, schedule=fast_schedule()
