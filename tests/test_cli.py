@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from i2v.cli import app
+from i2v.cli import app, run_async
 from tests.conftest import REPO, TEST_API_KEY
 from tests.test_batch_flow import write_manifest
 
@@ -53,6 +54,14 @@ def test_help_documents_every_option() -> None:
         "--resubmit-ambiguous",
     ):
         assert option in result.output, option
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop is not installed on Windows")
+def test_the_cli_runs_its_flow_on_uvloop() -> None:
+    async def loop_kind() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_async(loop_kind()).startswith("uvloop")
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
