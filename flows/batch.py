@@ -53,6 +53,9 @@ from tasks import (
 from tasks.artifacts import ProgressReporter
 from tasks.rows import check_pictures, read_rows
 
+# How long a finished row lets queued submissions go first before it lands.
+LAND_YIELD_S = 0.5
+
 
 def new_run_id() -> str:
     """Sortable and traceable: UTC time plus the Prefect flow run id's prefix."""
@@ -242,6 +245,13 @@ async def _advance(ctx: RunContext, steps: Steps, job: Job) -> JobOutcome:
             record = await steps.poll((job, record))
     assert record is not None
     if record.phase is Phase.SUCCEEDED:
+        if ctx.limiter.waiting:
+            # Rows are queued for the slot this row just freed, and the provider sits
+            # idle until they are sent: let them go first. Landing is not urgent (the
+            # output stays downloadable for days) and a wave of landings competes with
+            # the next wave's submissions for the CPU (measured: +1 to 2 points of
+            # efficiency at 200 rows). The last wave, with nobody waiting, lands at once.
+            await asyncio.sleep(LAND_YIELD_S)
         try:
             record = await steps.land((job, record))
         except Exception as exc:

@@ -25,6 +25,7 @@ class AdaptiveLimiter:
         self.cooldown_s = cooldown_s
         self._limit = float(max_limit)
         self._in_flight = 0
+        self._waiting = 0
         self._cond = asyncio.Condition()
         self._last_cut = -float("inf")
         self.cuts = 0
@@ -37,6 +38,11 @@ class AdaptiveLimiter:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Callers blocked in `acquire` right now."""
+        return self._waiting
 
     def on_rate_limited(self) -> None:
         """A 429 was seen: halve the window, at most once per cooldown (one storm, one cut)."""
@@ -53,10 +59,14 @@ class AdaptiveLimiter:
             self._limit = min(float(self.max_limit), self._limit + 1.0 / max(self._limit, 1.0))
 
     async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._in_flight < self.limit)
-            self._in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        self._waiting += 1
+        try:
+            async with self._cond:
+                await self._cond.wait_for(lambda: self._in_flight < self.limit)
+                self._in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        finally:
+            self._waiting -= 1
 
     async def release(self) -> None:
         async with self._cond:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -416,3 +418,30 @@ def test_deleted_video_is_fetched_again_without_paying(
     assert summary.exit_code == 0
     assert video.read_bytes() == original
     assert simulator.stats.jobs_created == 1 and simulator.stats.downloads == 2
+
+
+def test_finished_rows_let_queued_submissions_go_first_and_the_last_lands_at_once(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    from flows.batch import LAND_YIELD_S
+
+    rows = [{"id": f"r{i}", "image": "astronaut.png", "prompt": f"pan right {i}"} for i in range(3)]
+    manifest = write_manifest(pictures, rows)
+    dest = tmp_path / "out"
+    summary = run_batch(manifest, dest, options_for(simulator, concurrency=1))
+    assert summary.counts["landed"] == 3
+
+    def at(record: InputRecord, phase: str) -> float:
+        stamp = next(h["at"] for h in record.history if h["phase"] == phase)
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+    records = sorted(
+        (InputRecord.model_validate_json(p.read_bytes()) for p in (dest / "_state").glob("*.json")),
+        key=lambda r: r.submit_started_at or "",
+    )
+    for done, queued in itertools.pairwise(records):
+        # With one slot, the next row is submitted before the finished one lands.
+        assert at(queued, "submitting") < at(done, "landed")
+        assert at(done, "landed") - at(done, "succeeded") >= LAND_YIELD_S * 0.9
+    last = records[-1]
+    assert at(last, "landed") - at(last, "succeeded") < LAND_YIELD_S
