@@ -750,7 +750,7 @@ class AtlasClient:
                 wake_at = min(wake_at, now + schedule.next_delay(now - origin, polls))
 
     async def download_output(
-        self, url: str, sink: BinaryIO, *, chunk_size: int = 1 << 20
+        self, url: str, sink: BinaryIO, *, chunk_size: int = 256 << 10
     ) -> DownloadResult:
         """Stream an output file into `sink` (rewound and truncated first, when it is
         seekable); returns size and SHA-256. Nothing is held in memory but one chunk.
@@ -918,6 +918,6 @@ class SyncAtlasClient:
         )
 
     def download_output(
-        self, url: str, sink: BinaryIO, *, chunk_size: int = 1 << 20
+        self, url: str, sink: BinaryIO, *, chunk_size: int = 256 << 10
     ) -> DownloadResult:
         return self._run(self._client.download_output, url, sink, chunk_size=chunk_size)

@@ -46,7 +46,12 @@ MiB = 1024 * 1024
 # reads up to `max_in_memory_upload_chunks` (default 10, i.e. 80 MiB) ahead of the
 # senders. Measured: 3 videos of 300 MiB landing together grew the run by 65 MiB with
 # 4 parts in flight each; 2 in flight and 2 read ahead bound one upload to ~32 MiB.
-# Throughput comes from landing several videos at once, not from parts of one.
+# Throughput comes from landing several videos at once, not from parts of one; but a
+# run lands up to 16 videos at once, so multipart transfers (uploads, and the contact
+# sheet's downloads) also take one of BIG_TRANSFERS_AT_ONCE places per storage: the
+# run's peak stays bounded however many big videos finish together. Objects under the
+# threshold (one request) skip the queue.
+BIG_TRANSFERS_AT_ONCE = 2
 UPLOAD_CONFIG = TransferConfig(
     multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=2
 )
@@ -413,6 +418,7 @@ class S3Storage(Storage):
         self._bucket_ok = False
         self._staging: Path | None = None
         self._lock = threading.Lock()
+        self._big_transfers = threading.BoundedSemaphore(BIG_TRANSFERS_AT_ONCE)
 
     def _key(self, key: str, *, folder: bool = False) -> str:
         key = _check_key(key, folder=folder)
@@ -455,13 +461,34 @@ class S3Storage(Storage):
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else None
         try:
-            self.client.upload_file(
-                str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=UPLOAD_CONFIG
-            )
+            with self._transfer_place(path.stat().st_size):
+                self.client.upload_file(
+                    str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=UPLOAD_CONFIG
+                )
         except S3_ERRORS as exc:
             raise _s3_error(exc, self.key_uri(key), "upload to") from exc
         except OSError as exc:
             raise StorageError(f"cannot upload {path}: {exc.strerror or exc}") from exc
+
+    def _transfer_place(self, size: int) -> contextlib.AbstractContextManager[Any]:
+        """A place among the big transfers for an object of `size` bytes (none if small)."""
+        if size >= UPLOAD_CONFIG.multipart_threshold:
+            return self._big_transfers
+        return contextlib.nullcontext()
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Download `key` to `path`, streamed to disk (bounded memory); StorageError if
+        it is missing or unreadable."""
+        head = self._head(key)
+        if head is None:
+            raise StorageError(f"{self.key_uri(key)} does not exist")
+        try:
+            with self._transfer_place(int(head.get("ContentLength", 0))):
+                self.client.download_file(
+                    self.bucket, self._key(key), str(path), Config=DOWNLOAD_CONFIG
+                )
+        except S3_ERRORS as exc:
+            raise _s3_error(exc, self.key_uri(key), "download") from exc
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from i2v.storage import DOWNLOAD_CONFIG, LocalStorage, S3Storage, Storage, split_s3_uri
+from i2v.storage import LocalStorage, S3Storage, Storage
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -247,8 +247,7 @@ def _local_copy(storage: Storage, key: str) -> Iterator[Path]:
     try:
         if isinstance(storage, S3Storage):
             os.close(fd)
-            bucket, full_key = split_s3_uri(storage.key_uri(key))
-            storage.client.download_file(bucket, full_key, str(path), Config=DOWNLOAD_CONFIG)
+            storage.get_file(key, path)
         else:
             with open(fd, "wb") as sink:
                 sink.write(storage.read_bytes(key) or b"")

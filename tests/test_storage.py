@@ -17,6 +17,7 @@ import pytest
 
 from i2v.errors import ConfigError, InputError, StorageError
 from i2v.storage import (
+    BIG_TRANSFERS_AT_ONCE,
     TMP_SUFFIX,
     LocalStorage,
     S3Storage,
@@ -237,6 +238,55 @@ def test_s3_big_put_file_goes_multipart(s3_bucket: str, s3: Any, tmp_path: Path)
     assert head["ETag"].strip('"').endswith("-3")  # 8 MiB parts: 8 + 8 + 4
     assert staged.exists()  # S3 leaves the staged file for the caller to remove
     assert storage.size("videos/big.mp4") == 20 * MiB
+
+
+def test_s3_big_transfers_take_turns_small_ones_do_not(
+    s3_bucket: str, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage(f"s3://{s3_bucket}/out")
+    assert isinstance(storage, S3Storage)
+    busy: dict[str, int] = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+    real_upload = storage.client.upload_file
+
+    def counted(*args: Any, **kwargs: Any) -> None:  # the real upload, with a head count
+        with lock:
+            busy["now"] += 1
+            busy["peak"] = max(busy["peak"], busy["now"])
+        try:
+            time.sleep(0.2)  # overlap the uploads if nothing keeps them apart
+            real_upload(*args, **kwargs)
+        finally:
+            with lock:
+                busy["now"] -= 1
+
+    monkeypatch.setattr(storage.client, "upload_file", counted)
+
+    def land_all(size: int, n: int) -> int:
+        busy["peak"] = 0
+        files = []
+        for i in range(n):
+            path = tmp_path / f"{size}-{i}.mp4"
+            path.write_bytes(os.urandom(size))
+            files.append(path)
+        threads = [
+            threading.Thread(target=storage.put_file, args=(f"videos/{p.name}", p)) for p in files
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return busy["peak"]
+
+    assert land_all(9 * MiB, 4) == BIG_TRANSFERS_AT_ONCE
+    assert land_all(1 * MiB, 4) == 4
+    assert len(storage.list("videos/")) == 8
+
+    fetched = tmp_path / "back.mp4"
+    storage.get_file("videos/9437184-0.mp4", fetched)
+    assert fetched.read_bytes() == (tmp_path / "9437184-0.mp4").read_bytes()
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.get_file("videos/nope.mp4", fetched)
 
 
 def test_s3_presign_get_serves_the_bytes(s3_bucket: str) -> None:
