@@ -124,13 +124,16 @@ def test_exit_codes_and_messages(
     assert sum(simulator.stats.responses_by_status.values()) == before, "no request without a key"
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_cli(
+    args: list[str], env: dict[str, str], *, merge_stderr: bool = False
+) -> subprocess.Popen[bytes]:
+    """`python -m i2v.cli ARGS` in its own session (so kill -9 takes its whole group)."""
     return subprocess.Popen(
         [sys.executable, "-m", "i2v.cli", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         start_new_session=True,
     )
 
@@ -162,7 +165,7 @@ def test_kill_9_while_polling_then_rerun_lands_all_without_paying_twice(
     }
     env.pop("PREFECT_API_URL", None)
     args = ["run", str(manifest), "--dest", str(dest), "--config", str(config)]
-    proc = _cli(args, env)
+    proc = start_cli(args, env, merge_stderr=True)
     deadline = time.monotonic() + 120
     # Every input has its prediction id recorded: no POST is on the wire, all are paid.
     while _phases(dest).count("submitted") < 6:
@@ -174,7 +177,7 @@ def test_kill_9_while_polling_then_rerun_lands_all_without_paying_twice(
     assert sim.stats.jobs_created == 6
     assert not (dest / "results.parquet").exists()
 
-    rerun = _cli(args, env)
+    rerun = start_cli(args, env, merge_stderr=True)
     output = rerun.communicate(timeout=180)[0].decode()
     assert rerun.returncode == 0, output
     table = pd.read_parquet(dest / "results.parquet")

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -32,9 +31,8 @@ from typer.testing import CliRunner
 
 from i2v.cli import app
 from i2v.media import is_mp4_header, video_facts
-from tests.conftest import REPO
 from tests.test_batch_flow import options_for, run_batch, write_manifest
-from tests.test_cli import _phases, sim_config
+from tests.test_cli import _phases, sim_config, start_cli
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(240)]
 
@@ -116,17 +114,6 @@ def subprocess_env(tmp_path: Path, api_key: str) -> dict[str, str]:
         DO_NOT_TRACK="1",
     )
     return env
-
-
-def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "i2v.cli", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
 
 
 def kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], what: str) -> None:

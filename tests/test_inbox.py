@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -25,24 +26,16 @@ from flows.inbox import (
     decide,
     i2v_inbox,
 )
-from i2v.config import BatchOptions, load_options
+from i2v.config import BatchOptions
 from i2v.storage import open_storage
 from tests.conftest import EXAMPLES
+from tests.test_batch_flow import options_for as batch_options_for
 
 PICTURES = ("astronaut.png", "coffee.png", "rocket.jpg")
 
 
-def options_for(sim: Any, **overrides: Any) -> BatchOptions:
-    api = {"simulator": False, "base_url": sim.url, **overrides.pop("api", {})}
-    base: dict[str, Any] = {
-        "concurrency": 4,
-        "poll_interval_s": 0.05,
-        "expected_duration_s": 0.3,
-        "timeout_s": 30,
-        "global_concurrency_limit": None,
-        **overrides,
-    }
-    return load_options(None, api=api, **base)
+# The batch tests' options, with 4 rows in flight.
+options_for = functools.partial(batch_options_for, concurrency=4)
 
 
 def manifest_csv(rows: list[tuple[str, str, str]]) -> bytes:
@@ -51,6 +44,18 @@ def manifest_csv(rows: list[tuple[str, str, str]]) -> bytes:
     writer.writerow(["id", "image", "prompt"])
     writer.writerows(rows)
     return out.getvalue().encode()
+
+
+def local_inbox(
+    tmp_path: Path, pictures: tuple[str, ...], rows: list[tuple[str, str, str]]
+) -> Path:
+    """tmp_path/inbox holding copies of the example `pictures` and m.csv with `rows`."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in pictures:
+        (inbox / name).write_bytes((EXAMPLES / name).read_bytes())
+    (inbox / "m.csv").write_bytes(manifest_csv(rows))
+    return inbox
 
 
 def tick(inbox: str, dest_root: str, options: BatchOptions) -> InboxReport:
@@ -174,12 +179,8 @@ def test_two_manifests_each_processed_once_across_three_ticks(
 def test_reupload_with_new_content_runs_again_same_content_does_not(
     simulator: Any, tmp_path: Path
 ) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    for name in PICTURES:
-        (inbox / name).write_bytes((EXAMPLES / name).read_bytes())
     rows = [("r1", "rocket.jpg", "push in")]
-    (inbox / "m.csv").write_bytes(manifest_csv(rows))
+    inbox = local_inbox(tmp_path, PICTURES, rows)
     opts = options_for(simulator)
     assert len(tick(str(inbox), str(tmp_path / "out"), opts).processed) == 1
 
@@ -202,10 +203,7 @@ def test_failed_run_is_not_recorded_and_the_next_tick_retries(
     make_simulator: Any, tmp_path: Path
 ) -> None:
     sim = make_simulator(latency_s=0.2, api_key="the-right-key")  # our env key is wrong
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "astronaut.png").write_bytes((EXAMPLES / "astronaut.png").read_bytes())
-    (inbox / "m.csv").write_bytes(manifest_csv([("r1", "astronaut.png", "orbit")]))
+    inbox = local_inbox(tmp_path, ("astronaut.png",), [("r1", "astronaut.png", "orbit")])
     opts = options_for(sim)
     with pytest.raises(InboxFailed, match=r"m\.csv"):
         tick(str(inbox), str(tmp_path / "out"), opts)
@@ -222,11 +220,8 @@ def test_failed_run_is_not_recorded_and_the_next_tick_retries(
 def test_claims_by_other_runs_are_respected_until_the_lease_ends(
     simulator: Any, tmp_path: Path
 ) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "coffee.png").write_bytes((EXAMPLES / "coffee.png").read_bytes())
-    data = manifest_csv([("c1", "coffee.png", "steam rises")])
-    (inbox / "m.csv").write_bytes(data)
+    inbox = local_inbox(tmp_path, ("coffee.png",), [("c1", "coffee.png", "steam rises")])
+    data = (inbox / "m.csv").read_bytes()
     out = open_storage(tmp_path / "out")
     live = _entry(
         name="m.csv",
