@@ -4,23 +4,49 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# .venv is installed from uv.lock by uv, with no resolution (`make lock` is the only
+# place that resolves). uv itself is pinned and bootstrapped once by pip into .venv-tools/.
+UV_VERSION := 0.13.9
+TOOLS := .venv-tools
+UV := $(TOOLS)/bin/uv
+UV_STAMP := $(TOOLS)/.uv-$(UV_VERSION)
+
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# uv uses $(PY) (the system Python) and never downloads one; .venv is the project's venv.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test lint typecheck fmt bench simulate clean
+.PHONY: install lock lock-check demo test lint typecheck fmt bench simulate clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+$(UV_STAMP):
+	@echo "==> bootstrapping uv $(UV_VERSION) into $(TOOLS)/"
+	rm -rf $(TOOLS)
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION)
+	touch $(UV_STAMP)
+
+# Installs exactly what uv.lock says (the project itself editable, with the dev extra).
+$(STAMP): pyproject.toml uv.lock | $(UV_STAMP)
+	@echo "==> installing $(VENV) from uv.lock"
+	$(UV) sync --frozen --extra dev --python $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Re-resolve after editing pyproject.toml's dependencies, then commit uv.lock.
+# Newer versions within the bounds: make lock LOCK_ARGS=--upgrade (or --upgrade-package X).
+lock: | $(UV_STAMP)
+	$(UV) lock --python $(PY) $(LOCK_ARGS)
+
+# Fails fast when uv.lock no longer matches pyproject.toml.
+lock-check: | $(UV_STAMP)
+	@$(UV) lock --check --python $(PY) || \
+	  { echo "uv.lock is out of date with pyproject.toml: run 'make lock' and commit uv.lock" >&2; exit 1; }
+
 demo: $(STAMP)
 	$(BIN)/i2v run examples/manifest.csv --dest out/demo --config configs/local.yaml
 
-test: $(STAMP)
+test: lock-check $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

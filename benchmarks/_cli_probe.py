@@ -13,7 +13,7 @@ import os
 import resource
 import sys
 
-from i2v.cli import main
+from cli.main import main
 
 
 def _report() -> None:

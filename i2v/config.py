@@ -52,6 +52,17 @@ class ApiSettings(BaseModel):
         None,
         description="Name of a Prefect Secret block holding the key; else ATLASCLOUD_API_KEY.",
     )
+    user_agent: str | None = Field(
+        None,
+        title="User-Agent",
+        description=(
+            "User-Agent header sent to the API; default ATLASCLOUD_USER_AGENT or "
+            "i2v-pipeline/<version>. Change it if Cloudflare blocks requests (error 1010)."
+        ),
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\r\n\x00]+$",
+    )
 
 
 class BatchOptions(BaseModel):

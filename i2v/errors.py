@@ -1,8 +1,9 @@
 """Error tree.
 
 `AtlasError` is the root of everything the Atlas Cloud client raises; `AtlasAPIError`
-subclasses map one-to-one onto HTTP status families and carry the status code, the
-`X-Request-ID` and the server's message. Input and configuration problems have their own
+subclasses say what an error answer means (mostly one per HTTP status family, see
+`i2v.retry.classify_status`) and carry the status code, the `X-Request-ID` and the
+server's message. Input and configuration problems have their own
 roots so callers can tell "this row is bad" from "the provider said no".
 
 No message ever contains the API key: the client never formats request headers into one.
@@ -74,12 +75,39 @@ class AuthError(AtlasAPIError):
     """401/403: the key is missing, wrong, or not allowed this model. Stops the run."""
 
 
+class BlockedError(AtlasAPIError):
+    """Cloudflare (or another proxy) refused the request with an error page before it
+    reached the API: not a key problem. Often the User-Agent; stops the run."""
+
+
 class InsufficientBalanceError(AtlasAPIError):
-    """402: the account cannot pay for more work. Stops submissions; nothing is lost."""
+    """402, or a balance message on another status: the account cannot pay for more
+    work. Stops submissions; nothing is lost."""
 
 
-class ModelNotFoundError(AtlasAPIError):
-    """404 on a model call: the model name is unknown. Stops the run."""
+class NotFoundError(AtlasAPIError):
+    """404: something the call named does not exist (which thing: see the subclasses)."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """The model name is unknown (model check or generate). Stops the run."""
+
+
+class PredictionNotFoundError(NotFoundError):
+    """A prediction GET answered 400/404 past the not-visible grace: the id is unknown,
+    typically because the provider purged the record after its retention."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prediction_id: str,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        body: object = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, request_id=request_id, body=body)
+        self.prediction_id = prediction_id
 
 
 class BadRequestError(AtlasAPIError):
@@ -95,7 +123,8 @@ class RateLimitedError(AtlasAPIError):
 
 
 class ServerError(AtlasAPIError):
-    """5xx: trouble on the provider's side; GETs are retried."""
+    """5xx, or a 2xx page that is not the API's JSON (a proxy's interstitial): trouble
+    between us and the model; GETs are retried."""
 
 
 class TransportError(AtlasError):
@@ -136,4 +165,18 @@ class PredictionTimeoutError(AtlasError):
 
 
 class OutputError(AtlasError):
-    """The output video could not be downloaded or is not a valid mp4."""
+    """The output video is missing, could not be downloaded, or is not a valid mp4.
+
+    `prediction_id` is set when the provider finished that prediction without an output.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        prediction_id: str | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, request_id=request_id)
+        self.prediction_id = prediction_id

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import ipaddress
 import math
 import os
 import posixpath
@@ -30,9 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from i2v._constants import MAX_ID_CHARS, is_loopback, is_safe_id
 from i2v.errors import ConfigError, ManifestError
 from i2v.models import ModelSpec
-from i2v.storage import (
+from i2v.s3 import (
     S3_ERRORS,
     default_s3_client,
     s3_error_code,
@@ -42,9 +42,6 @@ from i2v.storage import (
 
 KNOWN_COLUMNS = ("image", "prompt", "duration", "id")
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MAX_ID_CHARS = 200
-# Anything but path separators and control characters: the id names `videos/<id>.mp4`.
-_SAFE_ID = re.compile(r"^[^/\\\x00-\x1f\x7f]+$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -419,7 +416,7 @@ def _check_prompt(prompt: str, rules: _Rules) -> str | None:
 def _check_id(row_id: str | None, line: int, first_line_of: dict[str, int]) -> str | None:
     if row_id is None:
         return None
-    if len(row_id) > MAX_ID_CHARS or not _SAFE_ID.match(row_id) or row_id in (".", ".."):
+    if not is_safe_id(row_id):
         return (
             f"id {_show(row_id)} cannot name a file: no '/', '\\' or control characters, "
             f"at most {MAX_ID_CHARS} characters"
@@ -441,17 +438,6 @@ def _scheme_refused(scheme: str, rules: _Rules) -> str:
     if "file" in rules.allowed_schemes:
         allowed.append("a path relative to the manifest")
     return f"image location scheme {scheme!r} is not allowed here; use {' or '.join(allowed)}"
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Resolver:
@@ -503,7 +489,7 @@ class _Resolver:
         if scheme in self.rules.allowed_schemes:
             return image, None
         if scheme == "http":
-            if self.rules.allow_http_loopback and _is_loopback(host):
+            if self.rules.allow_http_loopback and is_loopback(host):
                 return image, None  # test servers on this machine
             return None, f"image URL {_show(image)} uses plain http; use https"
         return None, _scheme_refused(scheme, self.rules)

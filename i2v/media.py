@@ -1,7 +1,7 @@
 """Checks on pictures before any byte leaves the machine, and on videos that came back.
 
 Atlas Cloud takes JPEG or PNG pictures of at most 20 MB whose short side is over 300 px
-and whose aspect ratio lies between 2:5 and 5:2. A picture that breaks a rule costs a
+and whose aspect ratio lies strictly between 2:5 and 5:2. A picture that breaks a rule costs a
 round trip (or a paid failed job) if sent, so each rule is checked here with one
 message that says what is wrong and what would be accepted.
 """
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MIN_SHORT_SIDE_PX = 300  # the short side must be strictly over this
-# Aspect ratio width:height, inclusive bounds, as exact fractions.
+# Aspect ratio width:height, as exact fractions; the published schema's bounds are
+# strict ("greater than 2:5 and less than 5:2"), so exactly 2:5 or 5:2 is refused.
 MIN_ASPECT = Fraction(2, 5)
 MAX_ASPECT = Fraction(5, 2)
 
@@ -91,11 +92,11 @@ def check_image(data: bytes, *, name: str = "picture") -> ImageInfo:
             f"{MIN_SHORT_SIDE_PX} px (it is {short} px)"
         )
     ratio = Fraction(width, height)
-    if not MIN_ASPECT <= ratio <= MAX_ASPECT:
-        shape = "wide" if ratio > MAX_ASPECT else "tall"
+    if not MIN_ASPECT < ratio < MAX_ASPECT:
+        shape = "wide" if ratio >= MAX_ASPECT else "tall"
         raise InputError(
             f"{name}: {width}x{height} is too {shape}: aspect ratio "
-            f"{float(ratio):.2f} (width/height) must be between 2:5 (0.40) and 5:2 (2.50)"
+            f"{float(ratio):.2f} (width/height) must be strictly between 2:5 (0.40) and 5:2 (2.50)"
         )
     return ImageInfo(
         format=fmt,

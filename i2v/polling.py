@@ -7,15 +7,33 @@ by all rows), sleeps until just after it, then polls at a short interval, and sl
 for the stragglers that run far past the usual. Before anything is learned, the prior
 guess (`initial_s`, e.g. the config's `expected_duration_s`) plays the typical duration,
 with a few early looks in case the guess is far too long.
+
+`wait_until_done` is the poll loop itself, over any async fetch of the prediction.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import statistics
 import threading
+import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from i2v._constants import NOT_VISIBLE_GRACE_S
+from i2v.errors import (
+    OutputError,
+    PredictionFailedError,
+    PredictionTimeoutError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+)
+from i2v.parsing import normalize_status, parse_time
+from i2v.types import Prediction, PredictionStatus
 
 # The first poll aims this far past the typical duration: a job that takes exactly the
 # typical time is then done when the poll arrives, at a small cost in latency.
@@ -33,6 +51,12 @@ OVERDUE_GROWTH = 0.25
 # within a second, so probes sooner than that would only add polls.
 PROBE_RATIO = 4.0
 MIN_PROBE_S = 1.0
+# A poll may overrun the wait's deadline by this much before it is abandoned.
+LAST_POLL_ALLOWANCE_S = 2.0
+# A long first wait is re-planned this often (the shared estimator may have learned).
+REPLAN_EVERY_S = 1.0
+
+logger = logging.getLogger("i2v.polling")
 
 
 class DurationEstimator:
@@ -100,7 +124,7 @@ class PollSchedule:
     estimator: DurationEstimator
     min_interval_s: float = 1.0
     max_interval_s: float = 15.0
-    not_visible_grace_s: float = 30.0
+    not_visible_grace_s: float = NOT_VISIBLE_GRACE_S
 
     def next_delay(self, elapsed_s: float, polls: int) -> float:
         """Seconds to sleep before the next poll.
@@ -137,3 +161,128 @@ class PollSchedule:
             return min(short, ceiling)
         # A straggler: the longer it is overdue, the less likely the next second ends it.
         return min(max(short + OVERDUE_GROWTH * (elapsed - late), floor), ceiling)
+
+
+async def wait_until_done(
+    fetch: Callable[[float], Awaitable[Prediction]],
+    prediction_id: str,
+    *,
+    deadline_s: float,
+    schedule: PollSchedule,
+    backoff: Callable[[int], float],
+    submitted_monotonic: float | None = None,
+    on_poll: Callable[[Prediction], None] | None = None,
+) -> Prediction:
+    """Poll with `fetch(age_s)` until the prediction succeeded; returns that state.
+
+    `backoff(n)` is the delay before the retry after the n-th (0-based) failure in a
+    row; rate limits, server errors (and non-JSON pages) and dropped connections are
+    retried until the deadline. See `AtlasClient.wait_for_prediction` for the rest.
+    """
+    start = time.monotonic()
+    deadline_at = start + deadline_s
+    origin = submitted_monotonic if submitted_monotonic is not None else start
+    polls = 0
+    failures = 0
+    last_running_at: float | None = None  # job age at the last poll that saw it running
+
+    def timed_out(cause: str) -> PredictionTimeoutError:
+        return PredictionTimeoutError(
+            f"prediction {prediction_id} not done after {deadline_s:.0f}s ({cause}); "
+            "it may still finish: re-attach with its id",
+            prediction_id=prediction_id,
+        )
+
+    while True:
+        await _sleep_before_poll(schedule, origin, polls, failures, deadline_at, backoff)
+        try:
+            # Bound the poll itself too, so retries inside it cannot outlive the
+            # deadline by more than a moment.
+            budget = max(deadline_at - time.monotonic(), 0.0) + LAST_POLL_ALLOWANCE_S
+            async with asyncio.timeout(budget):
+                prediction = await fetch(time.monotonic() - origin)
+        except TimeoutError:
+            raise timed_out("a poll was still pending at the deadline") from None
+        except (RateLimitedError, ServerError, TransportError) as exc:
+            failures += 1
+            logger.warning("poll %s failed (%s); backing off", prediction_id, exc)
+            if time.monotonic() >= deadline_at:
+                raise timed_out(f"last poll failed: {exc}") from exc
+            continue
+        failures = 0
+        polls += 1
+        if on_poll is not None:
+            on_poll(prediction)
+        age = time.monotonic() - origin
+        status = prediction.status
+        if status is PredictionStatus.SUCCEEDED:
+            schedule.estimator.observe(job_duration(prediction, last_running_at, age))
+            if not prediction.outputs:
+                raise OutputError(
+                    f"the provider finished prediction {prediction_id} "
+                    f"({prediction.raw_status or status.value}) without an output URL",
+                    request_id=prediction.request_id,
+                    prediction_id=prediction_id,
+                )
+            return prediction
+        if status in (PredictionStatus.FAILED, PredictionStatus.TIMED_OUT):
+            kind = "timed out" if status is PredictionStatus.TIMED_OUT else "failed"
+            raw = prediction.raw_status
+            if raw and normalize_status(raw) != status.value:
+                kind += f" ({raw})"  # e.g. "failed (cancelled)"
+            detail = prediction.error or "no reason given"
+            code = f" (error code {prediction.error_code})" if prediction.error_code else ""
+            raise PredictionFailedError(
+                f"prediction {prediction_id} {kind}: {detail}{code}",
+                prediction_id=prediction_id,
+                error=prediction.error,
+                error_code=prediction.error_code,
+                request_id=prediction.request_id,
+            )
+        if status is PredictionStatus.RUNNING:
+            last_running_at = age
+        if time.monotonic() >= deadline_at:
+            raise timed_out(f"last status {prediction.raw_status or status.value}")
+
+
+async def _sleep_before_poll(
+    schedule: PollSchedule,
+    origin: float,
+    polls: int,
+    failures: int,
+    deadline_at: float,
+    backoff: Callable[[int], float],
+) -> None:
+    now = time.monotonic()
+    delay = schedule.next_delay(now - origin, polls)
+    if failures:
+        delay = max(delay, backoff(failures - 1))
+    wake_at = min(now + delay, deadline_at)
+    # Sleep in slices and re-plan: while this job sleeps toward the expected end, other
+    # rows may teach the estimator that jobs are much shorter. Only ever earlier: the
+    # schedule's delays never shrink as time passes unless the estimate did.
+    while (now := time.monotonic()) < wake_at:
+        await asyncio.sleep(min(wake_at - now, REPLAN_EVERY_S))
+        if not failures:
+            now = time.monotonic()
+            wake_at = min(wake_at, now + schedule.next_delay(now - origin, polls))
+
+
+def job_duration(prediction: Prediction, running_at: float | None, seen_done_at: float) -> float:
+    """How long the job took, for the estimator, on the caller's clock.
+
+    The job ended between the last poll that saw it running and this one. The
+    provider's own timing (predict_time, or completed_at - created_at) is precise, so it
+    is used, clamped into that window (queueing can make the wall time longer). Without
+    it, the time it was seen done is an upper bound: conservative, polls a little late.
+    """
+    low = running_at if running_at is not None else 0.0
+    server = prediction.predict_time_s
+    if server is None:
+        created = parse_time(prediction.created_at)
+        completed = parse_time(prediction.completed_at)
+        if created is not None and completed is not None and completed > created:
+            server = completed - created
+    if server is None or server <= 0:
+        return seen_done_at
+    return min(max(server, low), seen_done_at)

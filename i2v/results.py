@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, cast
@@ -11,7 +12,8 @@ from typing import Any, cast
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from i2v.pipeline import Job, JobOutcome, RowPlan, RowStatus
+from i2v.lifecycle import not_processed, rejected
+from i2v.run import Job, RowPlan, RowStatus
 from i2v.storage import Storage
 
 COLUMNS: list[str] = [
@@ -67,30 +69,29 @@ def result_rows(
             "input_identity": plan.identity,
         }
         job = by_identity.get(plan.identity or "")
-        outcome: JobOutcome | None = job.outcome if job else None
-        if plan.error or job is None or outcome is None:
-            base.update(
-                status=str(RowStatus.REJECTED) if plan.error else str(RowStatus.NOT_SUBMITTED),
-                error=plan.error or "not processed",
-            )
+        processed = not plan.error and job is not None and job.outcome is not None
+        if processed:
+            assert job is not None and job.outcome is not None
+            outcome = job.outcome
         else:
-            rec = outcome.record
-            is_primary = job.primary is plan
-            landed = outcome.status is RowStatus.LANDED
-            base.update(
-                status=str(outcome.status),
-                error=outcome.error,
-                error_code=outcome.error_code,
-                prediction_id=rec.prediction_id if rec else None,
-                video_uri=dest.public_url(plan.video_key) if landed else None,
-                video_sha256=rec.video_sha256 if rec and landed else None,
-                video_bytes=rec.video_bytes if rec and landed else None,
-                predict_time_s=rec.predict_time_s if rec else None,
-                # The input's price once, on its first row; duplicates were copies.
-                cost_usd=(rec.cost_usd or 0.0) if rec and is_primary else 0.0,
-                submitted_at=rec.submitted_at if rec else None,
-                completed_at=rec.completed_at if rec else None,
-            )
+            outcome = rejected(plan) if plan.error else not_processed()
+        rec = outcome.record
+        is_primary = job is not None and job.primary is plan
+        landed = outcome.status is RowStatus.LANDED
+        base.update(
+            status=str(outcome.status),
+            error=outcome.error,
+            error_code=outcome.error_code,
+            prediction_id=rec.prediction_id if rec else None,
+            video_uri=dest.key_uri(plan.video_key) if landed else None,
+            video_sha256=rec.video_sha256 if rec and landed else None,
+            video_bytes=rec.video_bytes if rec and landed else None,
+            predict_time_s=rec.predict_time_s if rec else None,
+            # The input's price once, on its first row; duplicates were copies.
+            cost_usd=((rec.cost_usd or 0.0) if rec and is_primary else 0.0) if processed else None,
+            submitted_at=rec.submitted_at if rec else None,
+            completed_at=rec.completed_at if rec else None,
+        )
         for col in extra_columns:
             base[col] = row.extras.get(col, "")
         records.append(base)
@@ -123,6 +124,8 @@ class RunSummary(BaseModel):
     dry_run: bool = False
     stop_reason: str | None = None
     stop_message: str | None = None
+    stopped_by: str | None = None  # the signal that wound the run down ("SIGTERM")
+    simulated: bool = False  # the provider was the simulator: nothing was really spent
     top_errors: list[tuple[str, int]] = Field(default_factory=list)
     results_uri: str | None = None
 
@@ -134,6 +137,8 @@ class RunSummary(BaseModel):
     def exit_code(self) -> int:
         if self.stop_reason in ("auth", "model"):
             return 2
+        if self.stopped_by:
+            return 128 + int(getattr(signal.Signals, self.stopped_by, signal.SIGTERM))
         if self.dry_run:
             return 0
         return 0 if self.all_landed else 1
@@ -163,25 +168,26 @@ def write_tables(
 ) -> dict[str, str]:
     """Write the table and summary under runs/<run-id>/ and, if `publish`, as the
     current table at the root. Returns where the current (or run's) table is."""
+    run_prefix = f"runs/{run_id}/"
+    where = "" if publish else run_prefix
+    uris = {
+        "parquet": storage.key_uri(f"{where}results.parquet"),
+        "csv": storage.key_uri(f"{where}results.csv"),
+        "run": storage.key_uri(run_prefix),
+    }
     parquet = io.BytesIO()
     frame.to_parquet(parquet, index=False)
     csv = frame.to_csv(index=False).encode("utf-8")
-    run_prefix = f"runs/{run_id}/"
     # History first: if the root write fails, the run's own copy is already there.
     storage.write_bytes(f"{run_prefix}results.parquet", parquet.getvalue())
     storage.write_bytes(f"{run_prefix}results.csv", csv, content_type="text/csv")
     if summary is not None:
-        summary_json = json.dumps(summary.model_dump(), indent=1, default=str).encode()
+        told = summary.model_copy(update={"results_uri": uris["parquet"]})
+        summary_json = json.dumps(told.model_dump(), indent=1, default=str).encode()
         storage.write_bytes(
             f"{run_prefix}summary.json", summary_json, content_type="application/json"
         )
-    where = run_prefix
     if publish:
         storage.write_bytes("results.parquet", parquet.getvalue())
         storage.write_bytes("results.csv", csv, content_type="text/csv")
-        where = ""
-    return {
-        "parquet": storage.public_url(f"{where}results.parquet"),
-        "csv": storage.public_url(f"{where}results.csv"),
-        "run": storage.public_url(run_prefix),
-    }
+    return uris

@@ -13,20 +13,24 @@ Two rules, because the two kinds of call differ in what a retry can cost:
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import httpx
 
+from i2v._constants import USER_AGENT_ENV
 from i2v.errors import (
     AtlasAPIError,
     AuthError,
     BadRequestError,
+    BlockedError,
     InsufficientBalanceError,
-    ModelNotFoundError,
+    NotFoundError,
     RateLimitedError,
     RegionBlockedError,
     ServerError,
 )
+from i2v.parsing import ErrorPage
 
 # Statuses worth another try of an idempotent call. 501/505 and friends are permanent.
 # 408 means the server gave up waiting for our request: harmless to resend a GET.
@@ -41,11 +45,24 @@ _RETRYABLE_GET_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.RemoteProtocolError,  # server closed the connection without an answer
 )
 
-# Raised before a single byte of the request went out, so no job can exist.
-_NOT_SENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+# Raised before a single byte of the request went out, so no job can exist: no
+# connection (refused, slow, pool full), or a request that never left this machine (a
+# local protocol error, an unsupported scheme, a proxy refusing it, an invalid URL).
+# Only the first three are worth retrying; all of them are "not sent", never ambiguous.
+NOT_SENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
+    httpx.LocalProtocolError,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+    httpx.InvalidURL,
+)
+
+# Atlas's own MCP server treats these words in any error message as an empty balance.
+# 429s ("quota exceeded" is rate limiting) and 5xx (retried) are left to their status.
+_BALANCE_WORDS = re.compile(
+    r"balance|quota|top[\s-]?up|insufficient\s+(?:funds|credits?)", re.IGNORECASE
 )
 
 
@@ -77,11 +94,12 @@ def should_retry_submit(status_code: int | None, exc: BaseException | None) -> b
     """Whether a generate POST may be resent: only if no job can have been created.
 
     A 429 is the rate limiter refusing the call before it reaches the model. Connect and
-    pool errors happen before the request is written. Read timeouts, resets and 5xx come
-    after the request was sent, when a paid job may already exist.
+    pool errors happen before the request is written (and may pass); the other
+    NOT_SENT_EXCEPTIONS would only fail again. Read timeouts, resets and 5xx come after
+    the request was sent, when a paid job may already exist.
     """
     if exc is not None:
-        return isinstance(exc, _NOT_SENT_EXCEPTIONS)
+        return isinstance(exc, NOT_SENT_EXCEPTIONS) and should_retry_get(None, exc)
     return status_code == 429
 
 
@@ -101,15 +119,36 @@ def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random | None =
 
 
 def classify_status(
-    status_code: int, message: str, request_id: str | None, body: object
+    status_code: int,
+    message: str,
+    request_id: str | None,
+    body: object,
+    *,
+    page: ErrorPage | None = None,
+    user_agent: str | None = None,
 ) -> AtlasAPIError:
     """The error for an HTTP error answer, with a message that says what to do.
 
     `message` is the server's own `msg`; it is kept verbatim inside the new message.
+    `page` describes a body that was not JSON (an error page from Cloudflare or a proxy
+    in front of the API); `user_agent` is the one sent, named when Cloudflare blocked it.
     """
     detail = message.strip() if message and message.strip() else "no message"
+    if page is not None:
+        if page.blocked_by_cloudflare or (page.html and status_code in (401, 403)):
+            return _blocked(status_code, page, request_id, user_agent)
+        if page.html:
+            detail = f"an HTML error page, not the API's JSON: {detail}"
     cls: type[AtlasAPIError]
-    if status_code == 401:
+    if status_code == 402 or (
+        page is None
+        and 400 <= status_code < 500
+        and status_code != 429
+        and _BALANCE_WORDS.search(detail)
+    ):
+        cls = InsufficientBalanceError
+        text = f"insufficient balance on the Atlas Cloud account ({detail}); top up to go on"
+    elif status_code == 401:
         # Atlas authenticates before routing, so a wrong URL path also answers 401.
         cls = AuthError
         text = (
@@ -119,12 +158,10 @@ def classify_status(
     elif status_code == 403:
         cls = AuthError
         text = f"the API key is not allowed this call ({detail}); check ATLASCLOUD_API_KEY"
-    elif status_code == 402:
-        cls = InsufficientBalanceError
-        text = f"insufficient balance on the Atlas Cloud account ({detail}); top up to go on"
     elif status_code == 404:
-        cls = ModelNotFoundError
-        text = f"not found ({detail}); check the model name"
+        # Which thing was not found is for the caller to say (model, prediction).
+        cls = NotFoundError
+        text = f"not found ({detail})"
     elif status_code == 413:
         cls = BadRequestError
         text = f"request body too large ({detail}); send the picture as a URL, not base64"
@@ -144,3 +181,24 @@ def classify_status(
         cls = AtlasAPIError
         text = f"unexpected answer from Atlas Cloud ({detail})"
     return cls(text, status_code=status_code, request_id=request_id, body=body)
+
+
+def _blocked(
+    status_code: int, page: ErrorPage, request_id: str | None, user_agent: str | None
+) -> BlockedError:
+    if page.cloudflare_code:
+        where = f"by Cloudflare in front of Atlas Cloud (error code {page.cloudflare_code})"
+    else:
+        title = f" {page.title!r}" if page.title else ""
+        where = (
+            "in front of Atlas Cloud (by Cloudflare or a proxy): the answer is an HTML "
+            f"error page{title}, not the API's JSON"
+        )
+    sent = f"this client sent {user_agent!r}" if user_agent else "check the one sent"
+    return BlockedError(
+        f"the request was blocked {where}; not a bad API key. Cloudflare refuses some "
+        f"User-Agents ({sent}): set another with {USER_AGENT_ENV} or `api.user_agent` in "
+        "the config",
+        status_code=status_code,
+        request_id=request_id,
+    )

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -25,11 +27,25 @@ from i2v.storage import Storage
 
 STATE_PREFIX = "_state/"
 IDENTITY_VERSION = "v1"
+# error_code of a FAILED record that is still worth polling, and of one that is not.
+NO_OUTPUT = "no_output"  # the provider said done but gave no video: paid, poll again
+PURGED = "purged"  # the provider forgot a paid prediction: never resubmitted on our own
 
 
 def utcnow() -> str:
-    """Now, as an ISO-8601 UTC timestamp with seconds precision."""
+    """Now, as an ISO-8601 UTC timestamp with millisecond precision."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def age_s(stamp: str | None, now: datetime | None = None) -> float:
+    """Seconds since a `utcnow()` timestamp (0 for none or one in the future)."""
+    if not stamp:
+        return 0.0
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, ((now or datetime.now(UTC)) - then).total_seconds())
 
 
 def input_identity(
@@ -75,6 +91,7 @@ class Action(StrEnum):
     SUBMIT = "submit"
     POLL = "poll"  # resume a known prediction id
     LAND = "land"  # the provider finished; fetch the video
+    FOLLOW = "follow"  # another live run is submitting it: wait for its prediction id
     DONE = "done"  # landed: nothing to pay or download
     FINAL = "final"  # failed at the provider: not retried
     HOLD_AMBIGUOUS = "hold_ambiguous"
@@ -102,6 +119,11 @@ class InputRecord(BaseModel):
     video_sha256: str | None = None
     video_bytes: int | None = None
     cost_usd: float | None = None
+    # Who claimed the input for its submission: a run on this host whose process is gone
+    # holds no live claim, whatever the clock says.
+    owner_run: str | None = None
+    owner_host: str | None = None
+    owner_pid: int | None = None
     updated_at: str = Field(default_factory=utcnow)
     history: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -118,8 +140,18 @@ class InputRecord(BaseModel):
         )
 
 
-def next_action(record: InputRecord | None, *, resubmit_ambiguous: bool = False) -> Action:
-    """The one rule that keeps us from paying twice or losing a paid video."""
+def next_action(
+    record: InputRecord | None,
+    *,
+    resubmit_ambiguous: bool = False,
+    claim_ttl_s: float = 120.0,
+    now: datetime | None = None,
+) -> Action:
+    """The one rule that keeps us from paying twice or losing a paid video.
+
+    A `submitting` record younger than `claim_ttl_s` is another run's live claim: its
+    POST may be on the wire, so it is followed, never resubmitted.
+    """
     if record is None:
         return Action.SUBMIT
     phase = record.phase
@@ -130,13 +162,39 @@ def next_action(record: InputRecord | None, *, resubmit_ambiguous: bool = False)
     if phase in (Phase.SUBMITTED, Phase.TIMED_OUT) and record.prediction_id:
         return Action.POLL
     if phase is Phase.FAILED:
+        # Done without a video is paid and may yet show one: poll, never pay again.
+        if record.error_code == NO_OUTPUT and record.prediction_id:
+            return Action.POLL
         return Action.FINAL
-    # SUBMITTING without an id, or AMBIGUOUS: a job may exist that we cannot see.
+    if phase is Phase.SUBMITTING and claim_is_live(record, ttl_s=claim_ttl_s, now=now):
+        return Action.FOLLOW
+    # SUBMITTING past its claim, or AMBIGUOUS: a job may exist that we cannot see.
     return Action.SUBMIT if resubmit_ambiguous else Action.HOLD_AMBIGUOUS
 
 
+HOST = socket.gethostname()
+
+
+def claim_is_live(record: InputRecord, *, ttl_s: float, now: datetime | None = None) -> bool:
+    """Whether a `submitting` record may still have its POST on the wire."""
+    if not record.submit_started_at or age_s(record.submit_started_at, now) >= ttl_s:
+        return False
+    if record.owner_host == HOST and record.owner_pid:
+        try:
+            os.kill(record.owner_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
 class StateStore:
-    """Reads and writes input records under `_state/` of a destination."""
+    """Reads and writes input records under `_state/` of a destination.
+
+    `create` and `replace` are the conditional forms (write-if-absent, compare-and-swap
+    on the version from `get_versioned`): of runs racing on one identity, one wins.
+    """
 
     def __init__(self, storage: Storage, prefix: str = STATE_PREFIX) -> None:
         self.storage = storage
@@ -147,8 +205,34 @@ class StateStore:
 
     def get(self, identity: str) -> InputRecord | None:
         data = self.storage.read_bytes(self.key(identity))
-        if data is None:
-            return None
+        return None if data is None else self._parse(identity, data)
+
+    def get_versioned(self, identity: str) -> tuple[InputRecord | None, str | None]:
+        """The record and its version for `replace`; (None, None) when there is none."""
+        data, version = self.storage.read_versioned(self.key(identity))
+        return (None if data is None else self._parse(identity, data)), version
+
+    def put(self, record: InputRecord) -> None:
+        self.storage.write_bytes(self.key(record.identity), _dump(record), content_type=_JSON)
+
+    def create(self, record: InputRecord) -> str | None:
+        """Write `record` only if its identity has no record yet: its version, or None
+        when one exists."""
+        return self.storage.write_if_absent(
+            self.key(record.identity), _dump(record), content_type=_JSON
+        )
+
+    def replace(self, record: InputRecord, version: str | None) -> str | None:
+        """Write `record` only if the stored one is still at `version` (None: absent);
+        its new version, or None when another writer got there first."""
+        return self.storage.replace_if(
+            self.key(record.identity), _dump(record), version, content_type=_JSON
+        )
+
+    def delete(self, identity: str) -> None:
+        self.storage.delete(self.key(identity))
+
+    def _parse(self, identity: str, data: bytes) -> InputRecord:
         try:
             return InputRecord.model_validate_json(data)
         except ValidationError as exc:
@@ -158,9 +242,9 @@ class StateStore:
                 f"({exc.error_count()} problems); inspect or remove it"
             ) from None
 
-    def put(self, record: InputRecord) -> None:
-        self.storage.write_bytes(
-            self.key(record.identity),
-            record.model_dump_json(indent=1).encode(),
-            content_type="application/json",
-        )
+
+_JSON = "application/json"
+
+
+def _dump(record: InputRecord) -> bytes:
+    return record.model_dump_json(indent=1).encode()

@@ -1,10 +1,14 @@
-"""Where results land and pictures come from: a local folder or an S3 prefix.
+"""Where results land: a local folder or an S3 prefix (the DEST).
 
 `Storage` is a root location addressed by '/'-separated relative keys ("videos/a.mp4").
 `LocalStorage` writes atomically (temp file in the same folder, fsync, rename) so a crash
-never leaves a half-written file under its final name; `S3Storage` uses boto3 with the
-standard credential chain, and `AWS_ENDPOINT_URL` (read by botocore itself since 1.28)
-points it at MinIO, R2 or LocalStack.
+never leaves a half-written file under its final name; `S3Storage` uses a boto3 client
+from `i2v.s3`.
+
+Conditional writes (`write_if_absent`, `replace_if`) let runs sharing a DEST agree on
+who does what: on S3 they are `If-None-Match`/`If-Match` PUTs; on a folder, a hard link
+(create) and an flock held around compare-and-rename (replace), safe across processes
+on one machine. `write_bytes` and `delete` stay unconditional: last writer wins.
 
 Every S3 failure becomes a `StorageError` naming the URI; a missing object is `None` or
 `False` where the method says so. Calls block: the pipeline runs them in worker threads
@@ -16,160 +20,41 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
 import stat
 import tempfile
 import threading
-import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import boto3
-import httpx
-from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
-from i2v.errors import ConfigError, InputError, StorageError
-
-MiB = 1024 * 1024
-
-# Multipart uploads read one part per worker from the file, so memory stays near
-# chunksize * max_concurrency (32 MiB) however big the video is.
-# Memory per upload is about (parts in flight + parts read ahead) x part size: s3transfer
-# reads up to `max_in_memory_upload_chunks` (default 10, i.e. 80 MiB) ahead of the
-# senders. Measured: 3 videos of 300 MiB landing together grew the run by 65 MiB with
-# 4 parts in flight each; 2 in flight and 2 read ahead bound one upload to ~32 MiB.
-# Throughput comes from landing several videos at once, not from parts of one; but a
-# run lands up to 16 videos at once, so multipart transfers (uploads, and the contact
-# sheet's downloads) also take one of BIG_TRANSFERS_AT_ONCE places per storage: the
-# run's peak stays bounded however many big videos finish together. Objects under the
-# threshold (one request) skip the queue.
-BIG_TRANSFERS_AT_ONCE = 2
-UPLOAD_CONFIG = TransferConfig(
-    multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=2
-)
-UPLOAD_CONFIG.max_in_memory_upload_chunks = 2  # s3transfer's knob; boto3's init lacks it
-# Downloads (contact sheets of S3 videos): the default keeps 10 parts in flight and a
-# 25 MiB write queue; two parts and a short queue keep a 300 MiB video off the heap.
-DOWNLOAD_CONFIG = TransferConfig(
-    multipart_threshold=8 * MiB,
-    multipart_chunksize=8 * MiB,
-    max_concurrency=2,
-    max_io_queue=16,
-)
-# A video is copied server-side in one copy_object call; only objects above 4 GiB (near
-# copy_object's 5 GiB limit) go through part copies.
-COPY_CONFIG = TransferConfig(
-    multipart_threshold=4096 * MiB, multipart_chunksize=512 * MiB, max_concurrency=4
+from i2v.errors import ConfigError, StorageError
+from i2v.localfs import LOCK_NAME, TMP_SUFFIX, atomic_write, folder_lock, fsync_file
+from i2v.s3 import (
+    BIG_TRANSFERS_AT_ONCE,
+    COPY_CONFIG,
+    DOWNLOAD_CONFIG,
+    S3_ERRORS,
+    S3_MISSING_CODES,
+    S3_PRECONDITION_CODES,
+    UPLOAD_CONFIG,
+    MiB,
+    default_s3_client,
+    s3_error_code,
+    s3_storage_error,
+    split_s3_uri,
 )
 
-HTTP_TIMEOUT_S = 60.0
 STAGING_DIR = ".staging"
-TMP_SUFFIX = ".i2v-tmp"  # in-progress local writes; never listed
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """("bucket", "key/prefix") of an s3:// URI; the key is taken literally (no decoding).
-
-    Raises ConfigError when it is not an s3:// URI or names no bucket.
-    """
-    if uri[:5].lower() != "s3://":
-        raise ConfigError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket:
-        raise ConfigError(f"s3 URI {uri!r} names no bucket; use s3://bucket/prefix")
-    return bucket, key
-
-
-def make_s3_client(session: boto3.Session | None = None) -> Any:
-    """An S3 client with bounded retries and a pool big enough for parallel transfers.
-
-    The endpoint comes from `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`, which botocore
-    (>= 1.28, pinned via boto3 >= 1.35) applies on its own; credentials and region come
-    from the standard chain.
-    """
-    session = session or boto3.session.Session()  # a fresh session: thread-safe to create
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
-        max_pool_connections=64,
-        # SigV4 everywhere: R2 and recent regions refuse the legacy presign signature.
-        signature_version="s3v4",
-    )
-    return session.client("s3", config=config)
-
-
-_CLIENT_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-)
-_default_clients: dict[tuple[str | None, ...], Any] = {}
-_default_lock = threading.Lock()
-
-
-def default_s3_client() -> Any:
-    """A shared client for callers that pass none: making one costs ~100 ms and a pool.
-
-    Keyed on the environment that shapes a client, so a changed endpoint or profile
-    gets a new one.
-    """
-    env = tuple(os.environ.get(name) for name in _CLIENT_ENV)
-    with _default_lock:
-        if env not in _default_clients:
-            _default_clients[env] = make_s3_client()
-        return _default_clients[env]
-
-
-def s3_error_code(exc: BaseException) -> str:
-    """The S3 error code of a botocore error, looking through boto3's upload wrapper."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ClientError):
-            return str(seen.response.get("Error", {}).get("Code", ""))
-        seen = seen.__cause__ or seen.__context__
-    return ""
-
-
-def s3_error_detail(exc: BaseException, bucket: str) -> str:
-    code = s3_error_code(exc)
-    if code == "NoSuchBucket":
-        return f"bucket {bucket!r} does not exist"
-    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
-        return "access denied (check the credentials and the bucket policy)"
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ClientError):
-            err = seen.response.get("Error", {})
-            message = err.get("Message") or ""
-            return f"{code}: {message}".rstrip(": ")
-        if isinstance(seen, BotoCoreError):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return str(exc)
-
-
-def _s3_error(exc: BaseException, uri: str, action: str) -> StorageError:
-    bucket = split_s3_uri(uri)[0]
-    return StorageError(f"cannot {action} {uri}: {s3_error_detail(exc, bucket)}")
-
-
-S3_ERRORS = (ClientError, BotoCoreError, S3UploadFailedError)
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 def _check_key(key: str, *, folder: bool = False) -> str:
@@ -189,33 +74,9 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(dst: Path, fill: Callable[[BinaryIO], object]) -> None:
-    """Write `dst` through a temp file in its folder: readers see old or new, never half.
-
-    `fill(file)` writes the content. The temp file is created with mode 0o666 so the
-    umask applies as for any normal file (mkstemp would force 0o600).
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+def _local_version(data: bytes) -> str:
+    # Content-addressed: equal bytes are the same state, so an A-B-A change is harmless.
+    return hashlib.sha256(data).hexdigest()
 
 
 # ------------------------------------------------------------------------------ storage
@@ -277,9 +138,31 @@ class Storage(ABC):
     def presign_get(self, key: str, expires_s: int = 3600) -> str | None:
         """A presigned GET URL (S3), or None where there is no such thing (local)."""
 
-    def public_url(self, key: str) -> str:
-        """What the results table shows: the local absolute path or the s3:// URI."""
-        return self.key_uri(key)
+    @abstractmethod
+    def write_if_absent(
+        self, key: str, data: bytes, *, content_type: str | None = None
+    ) -> str | None:
+        """Create the object only if none exists under `key`: its new version if this
+        call created it, else None.
+
+        Of any number of racing callers exactly one gets a version. On S3 a retried
+        request whose first attempt landed answers None: the safe side for a claim.
+        """
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """The bytes and a version token for `replace_if`; (None, None) when missing."""
+
+    @abstractmethod
+    def replace_if(
+        self, key: str, data: bytes, version: str | None, *, content_type: str | None = None
+    ) -> str | None:
+        """Compare-and-swap: write only if the object is still at `version` (from
+        `read_versioned` or an earlier write); the new version, or None and nothing
+        written.
+
+        `version=None` means "still absent", i.e. `write_if_absent`.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -310,7 +193,7 @@ class LocalStorage(Storage):
     def write_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
         path = self._path(key)
         try:
-            _atomic_write(path, lambda f: f.write(data))
+            atomic_write(path, lambda f: f.write(data))
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -320,7 +203,7 @@ class LocalStorage(Storage):
             dst.parent.mkdir(parents=True, exist_ok=True)
             # The rename is atomic but not durable by itself: flush the data first so a
             # power cut cannot leave an empty file under the final name.
-            _fsync_file(path)
+            fsync_file(path)
             try:
                 os.replace(path, dst)
             except OSError as exc:
@@ -328,9 +211,41 @@ class LocalStorage(Storage):
                     raise
                 # Staged somewhere else than staging_dir(): copy instead of rename.
                 with open(path, "rb") as src:
-                    _atomic_write(dst, lambda f: shutil.copyfileobj(src, f, 1 * MiB))
+                    atomic_write(dst, lambda f: shutil.copyfileobj(src, f, 1 * MiB))
         except OSError as exc:
             raise StorageError(f"cannot move {path} to {dst}: {exc.strerror or exc}") from exc
+
+    def write_if_absent(
+        self, key: str, data: bytes, *, content_type: str | None = None
+    ) -> str | None:
+        path = self._path(key)
+        try:
+            # Under the lock too, so a create never lands inside a replace_if's
+            # compare-and-rename.
+            with folder_lock(path.parent):
+                created = atomic_write(path, lambda f: f.write(data), overwrite=False)
+                return _local_version(data) if created else None
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        data = self.read_bytes(key)
+        return data, None if data is None else _local_version(data)
+
+    def replace_if(
+        self, key: str, data: bytes, version: str | None, *, content_type: str | None = None
+    ) -> str | None:
+        if version is None:
+            return self.write_if_absent(key, data, content_type=content_type)
+        path = self._path(key)
+        try:
+            with folder_lock(path.parent):
+                if self.read_versioned(key)[1] != version:
+                    return None
+                atomic_write(path, lambda f: f.write(data))
+                return _local_version(data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -349,7 +264,7 @@ class LocalStorage(Storage):
         src, dst = self._path(src_key), self._path(dst_key)
         try:
             with open(src, "rb") as f_src:
-                _atomic_write(dst, lambda f: shutil.copyfileobj(f_src, f, 1 * MiB))
+                atomic_write(dst, lambda f: shutil.copyfileobj(f_src, f, 1 * MiB))
         except FileNotFoundError as exc:
             raise StorageError(f"cannot copy {src}: it does not exist") from exc
         except OSError as exc:
@@ -371,7 +286,9 @@ class LocalStorage(Storage):
                 keys.extend(
                     rel + name
                     for name in filenames
-                    if not name.endswith(TMP_SUFFIX) and (rel + name).startswith(prefix)
+                    if not name.endswith(TMP_SUFFIX)
+                    and name != LOCK_NAME
+                    and (rel + name).startswith(prefix)
                 )
         except OSError as exc:
             raise StorageError(f"cannot list {start}: {exc.strerror or exc}") from exc
@@ -438,25 +355,54 @@ class S3Storage(Storage):
                 raise StorageError(
                     f"cannot use {self.uri}: bucket {self.bucket!r} does not exist"
                 ) from exc
-            raise _s3_error(exc, self.uri, "use") from exc
+            raise s3_storage_error(exc, self.uri, "use") from exc
         self._bucket_ok = True
 
     def read_bytes(self, key: str) -> bytes | None:
-        full = self._key(key)
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=full)
-            return bytes(resp["Body"].read())
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(resp["Body"].read()), str(resp["ETag"])
         except S3_ERRORS as exc:
-            if s3_error_code(exc) in _MISSING_CODES:
-                return None
-            raise _s3_error(exc, self.key_uri(key), "read") from exc
+            if s3_error_code(exc) in S3_MISSING_CODES:
+                return None, None
+            raise s3_storage_error(exc, self.key_uri(key), "read") from exc
 
     def write_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        self._put(key, data, content_type)
+
+    def write_if_absent(
+        self, key: str, data: bytes, *, content_type: str | None = None
+    ) -> str | None:
+        return self._put(key, data, content_type, IfNoneMatch="*")
+
+    def replace_if(
+        self, key: str, data: bytes, version: str | None, *, content_type: str | None = None
+    ) -> str | None:
+        if version is None:
+            return self.write_if_absent(key, data, content_type=content_type)
+        return self._put(key, data, content_type, IfMatch=version)
+
+    def _put(self, key: str, data: bytes, content_type: str | None, **condition: str) -> str | None:
+        """One PUT; the new ETag, or None when its `condition` (If-None-Match / If-Match)
+        did not hold.
+
+        A store that ignores the condition headers degrades to last-writer-wins.
+        """
         extra = {"ContentType": content_type} if content_type else {}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+            resp = self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, **extra, **condition
+            )
         except S3_ERRORS as exc:
-            raise _s3_error(exc, self.key_uri(key), "write") from exc
+            code = s3_error_code(exc)
+            # If-Match on a key deleted since it was read answers 404 NoSuchKey.
+            if condition and (code in S3_PRECONDITION_CODES or code in S3_MISSING_CODES):
+                return None
+            raise s3_storage_error(exc, self.key_uri(key), "write") from exc
+        return str(resp["ETag"])
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else None
@@ -466,7 +412,7 @@ class S3Storage(Storage):
                     str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=UPLOAD_CONFIG
                 )
         except S3_ERRORS as exc:
-            raise _s3_error(exc, self.key_uri(key), "upload to") from exc
+            raise s3_storage_error(exc, self.key_uri(key), "upload to") from exc
         except OSError as exc:
             raise StorageError(f"cannot upload {path}: {exc.strerror or exc}") from exc
 
@@ -488,16 +434,16 @@ class S3Storage(Storage):
                     self.bucket, self._key(key), str(path), Config=DOWNLOAD_CONFIG
                 )
         except S3_ERRORS as exc:
-            raise _s3_error(exc, self.key_uri(key), "download") from exc
+            raise s3_storage_error(exc, self.key_uri(key), "download") from exc
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
             return dict(self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
         except S3_ERRORS as exc:
-            if s3_error_code(exc) in _MISSING_CODES:
+            if s3_error_code(exc) in S3_MISSING_CODES:
                 self._check_bucket()
                 return None
-            raise _s3_error(exc, self.key_uri(key), "check") from exc
+            raise s3_storage_error(exc, self.key_uri(key), "check") from exc
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
@@ -511,12 +457,12 @@ class S3Storage(Storage):
         try:
             self.client.copy(source, self.bucket, self._key(dst_key), Config=COPY_CONFIG)
         except S3_ERRORS as exc:
-            if s3_error_code(exc) in _MISSING_CODES:
+            if s3_error_code(exc) in S3_MISSING_CODES:
                 self._check_bucket()
                 raise StorageError(
                     f"cannot copy {self.key_uri(src_key)}: it does not exist"
                 ) from exc
-            raise _s3_error(exc, self.key_uri(src_key), "copy") from exc
+            raise s3_storage_error(exc, self.key_uri(src_key), "copy") from exc
 
     def list(self, prefix: str = "") -> list[str]:
         _check_prefix(prefix)
@@ -535,16 +481,16 @@ class S3Storage(Storage):
                     if not obj["Key"].endswith("/")  # folder markers made by consoles
                 )
         except S3_ERRORS as exc:
-            raise _s3_error(exc, f"{self.uri}/{prefix}".rstrip("/"), "list") from exc
+            raise s3_storage_error(exc, f"{self.uri}/{prefix}".rstrip("/"), "list") from exc
         return sorted(keys)
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except S3_ERRORS as exc:
-            if s3_error_code(exc) in _MISSING_CODES:
+            if s3_error_code(exc) in S3_MISSING_CODES:
                 return
-            raise _s3_error(exc, self.key_uri(key), "delete") from exc
+            raise s3_storage_error(exc, self.key_uri(key), "delete") from exc
 
     def staging_dir(self) -> Path:
         with self._lock:
@@ -565,7 +511,7 @@ class S3Storage(Storage):
                 )
             )
         except S3_ERRORS as exc:
-            raise _s3_error(exc, self.key_uri(key), "presign") from exc
+            raise s3_storage_error(exc, self.key_uri(key), "presign") from exc
 
 
 def open_storage(uri: str | Path, *, s3_client: Any | None = None) -> Storage:
@@ -598,134 +544,3 @@ def _local(path: Path) -> LocalStorage:
     if storage.root.exists() and not storage.root.is_dir():
         raise ConfigError(f"destination {storage.root} is a file, not a folder")
     return storage
-
-
-# ------------------------------------------------------------------------------ locations
-
-
-def _too_big(uri: str, max_bytes: int, size: int | None) -> InputError:
-    limit = f"{max_bytes} bytes" + (f" ({max_bytes / MiB:g} MB)" if max_bytes >= MiB else "")
-    if size is not None:
-        return InputError(f"image {uri} is {size} bytes; the limit is {limit}")
-    return InputError(f"image {uri} is larger than the limit of {limit}")
-
-
-def read_location(uri: str, *, s3_client: Any | None = None, max_bytes: int | None = None) -> bytes:
-    """Read one whole object from a local path, file://, s3:// or http(s) URL.
-
-    Raises InputError when it is missing, larger than `max_bytes` (reading stops at
-    max_bytes + 1, so a huge file is never fetched whole) or the URL is refused (HTTP
-    4xx). Raises StorageError for trouble that is not the input's fault: S3 access or
-    connection errors, HTTP 5xx, timeouts.
-    """
-    match = _SCHEME.match(uri)
-    scheme = match.group(1).lower() if match else ""
-    if scheme == "s3":
-        return _read_s3(uri, s3_client, max_bytes)
-    if scheme in ("http", "https"):
-        return _read_http(uri, max_bytes)
-    if scheme == "file":
-        return _read_file(Path(unquote(urlsplit(uri).path)), max_bytes)
-    if scheme:
-        raise InputError(f"unsupported image location {uri!r}: use a path, https:// or s3://")
-    return _read_file(Path(uri), max_bytes)
-
-
-def _read_file(path: Path, max_bytes: int | None) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if max_bytes is None:
-                return f.read()
-            if size > max_bytes:
-                raise _too_big(str(path), max_bytes, size)
-            data = f.read(max_bytes + 1)  # the file may have grown since fstat
-    except FileNotFoundError:
-        raise InputError(f"image file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"image path is a folder, not a file: {path}") from None
-    except PermissionError:
-        raise InputError(f"cannot read image file {path}: permission denied") from None
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise _too_big(str(path), max_bytes, None)
-    return data
-
-
-def _read_s3(uri: str, s3_client: Any | None, max_bytes: int | None) -> bytes:
-    try:
-        bucket, key = split_s3_uri(uri)
-    except ConfigError as exc:
-        raise InputError(str(exc)) from None
-    if not key or key.endswith("/"):
-        raise InputError(f"s3 URI {uri!r} names no object")
-    client = s3_client if s3_client is not None else default_s3_client()
-    extra = {} if max_bytes is None else {"Range": f"bytes=0-{max_bytes}"}
-    try:
-        resp = client.get_object(Bucket=bucket, Key=key, **extra)
-        # A ranged answer says the full size ("bytes 0-N/TOTAL"): refuse before reading.
-        total = str(resp.get("ContentRange", "")).rpartition("/")[2]
-        if max_bytes is not None and total.isdigit() and int(total) > max_bytes:
-            resp["Body"].close()
-            raise _too_big(uri, max_bytes, int(total))
-        body = resp["Body"]
-        data = bytes(body.read() if max_bytes is None else body.read(max_bytes + 1))
-        body.close()
-    except S3_ERRORS as exc:
-        code = s3_error_code(exc)
-        if code in ("NoSuchKey", "NoSuchBucket", "404"):
-            raise InputError(f"image not found: {uri}") from None
-        if code == "InvalidRange":  # a ranged GET of an empty object
-            return b""
-        raise _s3_error(exc, uri, "read") from exc
-    if max_bytes is not None and len(data) > max_bytes:
-        raise _too_big(uri, max_bytes, None)
-    return data
-
-
-def _read_http(uri: str, max_bytes: int | None) -> bytes:
-    try:
-        with httpx.stream("GET", uri, follow_redirects=True, timeout=HTTP_TIMEOUT_S) as resp:
-            if resp.status_code in (404, 410):
-                raise InputError(f"image not found: {uri} (HTTP {resp.status_code})")
-            if 400 <= resp.status_code < 500:
-                raise InputError(f"cannot download image {uri}: HTTP {resp.status_code}")
-            if resp.status_code >= 500:
-                raise StorageError(f"cannot download image {uri}: HTTP {resp.status_code}")
-            length = resp.headers.get("content-length", "")
-            if max_bytes is not None and length.isdigit() and int(length) > max_bytes:
-                raise _too_big(uri, max_bytes, int(length))
-            chunks: list[bytes] = []
-            got = 0
-            for chunk in resp.iter_bytes():
-                chunks.append(chunk)
-                got += len(chunk)
-                if max_bytes is not None and got > max_bytes:
-                    raise _too_big(uri, max_bytes, None)
-            return b"".join(chunks)
-    except httpx.InvalidURL as exc:
-        raise InputError(f"invalid image URL {uri!r}: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise StorageError(f"cannot download image {uri}: {type(exc).__name__}: {exc}") from exc
-
-
-def presign_location(uri: str, *, s3_client: Any | None = None, expires_s: int = 3600) -> str:
-    """A presigned GET URL for an s3:// object (no request is made; existence unchecked)."""
-    if uri[:5].lower() != "s3://":
-        raise InputError(f"only s3:// locations can be presigned, not {uri!r}")
-    try:
-        bucket, key = split_s3_uri(uri)
-    except ConfigError as exc:
-        raise InputError(str(exc)) from None
-    if not key:
-        raise InputError(f"s3 URI {uri!r} names no object")
-    client = s3_client if s3_client is not None else default_s3_client()
-    try:
-        return str(
-            client.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
-            )
-        )
-    except S3_ERRORS as exc:
-        raise _s3_error(exc, uri, "presign") from exc

@@ -11,13 +11,9 @@ class PredictionStatus(StrEnum):
 
     RUNNING = "running"  # processing / starting / created / queued / anything unknown
     SUCCEEDED = "succeeded"  # completed / succeeded
-    FAILED = "failed"  # failed / canceled
+    FAILED = "failed"  # failed / canceled / cancelled / error
     TIMED_OUT = "timed_out"  # the provider's own terminal "timed out"
     NOT_VISIBLE = "not_visible"  # 400/404 in the first seconds after creation
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, self.TIMED_OUT)
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,6 @@ class Prediction:
     created_at: str | None = None
     completed_at: str | None = None
     request_id: str | None = None
-    polls: int = 0  # how many GETs it took to learn this state (set by `wait`)
     raw: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property

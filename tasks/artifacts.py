@@ -29,7 +29,7 @@ from i2v.storage import LocalStorage, S3Storage, Storage
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-    from i2v.pipeline import Job, JobOutcome
+    from i2v.run import Job, JobOutcome
 
 log = logging.getLogger("i2v.artifacts")
 
@@ -112,7 +112,7 @@ class ProgressReporter:
             log.debug("progress artifact not created: %s", exc)
 
     def listener(self, event: str, job: Job, outcome: JobOutcome | None) -> None:
-        """An `i2v.pipeline.Listener`: counts a job's rows when its outcome is known."""
+        """An `i2v.run.Listener`: counts a job's rows when its outcome is known."""
         if event != "outcome":
             return
         status = str(outcome.status) if outcome is not None else "unknown"
@@ -200,7 +200,7 @@ def make_contact_sheet(
         workers: Videos fetched and decoded in parallel.
 
     Returns:
-        The sheet's `public_url` (local path or s3:// URI), or None when there are no
+        The sheet's `key_uri` (local path or s3:// URI), or None when there are no
         videos. A video that cannot be read becomes a grey tile, never an error.
     """
     keys = list(dict.fromkeys(video_keys))  # duplicate rows share nothing on the sheet
@@ -221,7 +221,7 @@ def make_contact_sheet(
         storage.put_file(key, png, content_type="image/png")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return storage.public_url(key)
+    return storage.key_uri(key)
 
 
 def _frame_of(storage: Storage, key: str, width: int) -> PILImage.Image | None:

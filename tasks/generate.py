@@ -5,26 +5,27 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2v import pipeline
+from i2v import steps
 from i2v.batching import Batch, settle_each
+from i2v.run import Job, RunContext
 from i2v.state import InputRecord
+
+GenerateItem = tuple[Job, InputRecord | None, str]
 
 
 @task(name="generate", task_run_name="generate-{label}", retries=0, cache_policy=NO_CACHE)
-async def submit_generations(
-    ctx: pipeline.RunContext,
-    entries: Batch[tuple[pipeline.Job, str], InputRecord],
-    label: str,
+async def generate(
+    ctx: RunContext, entries: Batch[GenerateItem, InputRecord], label: str
 ) -> tuple[int, int]:
-    """Submit one paid prediction per entry, each write-ahead recorded in DEST/_state/.
+    """Submit one paid prediction per entry, each claimed and write-ahead recorded in
+    DEST/_state/ first.
 
     Never retried by Prefect: a retry after a lost answer could pay twice. The client
     itself retries only when the answer proves no job was created (429, connect errors).
     Returns (submitted, not submitted).
     """
 
-    async def one(item: tuple[pipeline.Job, str]) -> InputRecord:
-        job, image_url = item
-        return await pipeline.submit(ctx, job, image_url)
+    async def one(item: GenerateItem) -> InputRecord:
+        return await steps.generate(ctx, *item)
 
     return await settle_each(entries, one)

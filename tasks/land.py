@@ -5,36 +5,34 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2v import pipeline
+from i2v import steps
 from i2v.batching import Batch, settle_each
 from i2v.errors import OutputError, StorageError, TransportError
+from i2v.run import Job, RunContext
 from i2v.state import InputRecord
 from tasks._retry import with_retries
 
 LAND_RETRY_DELAYS_S = (2.0, 8.0)
+LandItem = tuple[Job, InputRecord]
 
 
 @task(name="land", task_run_name="land-{label}", cache_policy=NO_CACHE)
-async def land_videos(
-    ctx: pipeline.RunContext,
-    entries: Batch[tuple[pipeline.Job, InputRecord], InputRecord],
-    label: str,
+async def land(
+    ctx: RunContext, entries: Batch[LandItem, InputRecord], label: str
 ) -> tuple[int, int]:
-    """For each entry: download the output to a staged file, check it is an mp4, move it
-    to videos/<id>.mp4, and copy it for duplicate rows.
+    """For each entry: download the output to a staged file, check it is an mp4 and move
+    it to videos/<id>.mp4 (copies for duplicate rows follow in `i2v.lifecycle`).
 
     Safe to retry per row: the prediction is already paid and the output URL lasts
     14 days. Returns (landed, failed).
     """
 
-    async def one(item: tuple[pipeline.Job, InputRecord]) -> InputRecord:
+    async def one(item: LandItem) -> InputRecord:
         job, record = item
-        landed = await with_retries(
-            lambda: pipeline.land(ctx, job, record),
+        return await with_retries(
+            lambda: steps.land(ctx, job, record),
             (OutputError, StorageError, TransportError, OSError),
             LAND_RETRY_DELAYS_S,
         )
-        await pipeline.place_copies(ctx, job, landed)
-        return landed
 
     return await settle_each(entries, one)

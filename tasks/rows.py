@@ -7,11 +7,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2v import pipeline
 from i2v.config import BatchOptions
 from i2v.errors import StorageError
 from i2v.manifest import Manifest, read_manifest
 from i2v.models import get_model
+from i2v.rows import check_rows
+from i2v.run import RowPlan
 from tasks._retry import retry_on
 
 
@@ -40,6 +41,6 @@ def read_rows(source: str, options: BatchOptions, s3_client: Any = None) -> Mani
 @task(name="check-pictures", cache_policy=NO_CACHE)
 async def check_pictures(
     manifest: Manifest, options: BatchOptions, s3_client: Any = None
-) -> list[pipeline.RowPlan]:
+) -> list[RowPlan]:
     """Decode and check every picture (format, size, aspect) and hash each input."""
-    return await pipeline.check_rows(manifest, options, s3_client=s3_client)
+    return await check_rows(manifest, options, s3_client=s3_client)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2v import pipeline
+from i2v import steps
 from i2v.batching import Batch, settle_each
 from i2v.errors import RateLimitedError, ServerError, StorageError, TransportError
+from i2v.run import Job, RunContext
 from tasks._retry import with_retries
 
 UPLOAD_RETRY_DELAYS_S = (1.0, 4.0)
@@ -15,20 +16,18 @@ UPLOAD_RETRY_DELAYS_S = (1.0, 4.0)
 
 # Not cached across runs: the provider forgets uploads ("uploaded inputs are temporary")
 # on its own schedule, and a cached dead URL would get good rows rejected. Within a run
-# each picture is uploaded once (`pipeline.image_url_for`).
+# each picture is uploaded once (`i2v.steps.upload`).
 @task(name="upload", task_run_name="upload-{label}", cache_policy=NO_CACHE)
-async def upload_pictures(
-    ctx: pipeline.RunContext, entries: Batch[pipeline.Job, str], label: str
-) -> tuple[int, int]:
+async def upload(ctx: RunContext, entries: Batch[Job, str], label: str) -> tuple[int, int]:
     """Give each job an image URL: as given, a presigned S3 URL, or an uploadMedia URL.
 
     Uploading is free, so each is retried on transient errors; a changed or unreadable
     picture fails only its row. Returns (succeeded, failed).
     """
 
-    async def one(job: pipeline.Job) -> str:
+    async def one(job: Job) -> str:
         return await with_retries(
-            lambda: pipeline.image_url_for(ctx, job),
+            lambda: steps.upload(ctx, job),
             (RateLimitedError, ServerError, TransportError, StorageError),
             UPLOAD_RETRY_DELAYS_S,
         )

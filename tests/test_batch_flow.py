@@ -295,7 +295,7 @@ def test_crash_between_post_and_record_is_ambiguous(
     from flows.batch import i2v_batch  # noqa: F401  (import check: flow module loads)
     from i2v.manifest import read_manifest
     from i2v.models import get_model
-    from i2v.pipeline import check_rows
+    from i2v.rows import check_rows
 
     opts = options_for(simulator)
     m = read_manifest(str(manifest), spec=get_model(str(opts.model)))
@@ -366,7 +366,7 @@ def test_dry_run_calls_nothing_and_writes_nothing(
 def test_bad_key_or_model_stops_before_paying(
     make_simulator: Any, pictures: Path, tmp_path: Path, problem: str
 ) -> None:
-    from i2v.pipeline import RunAborted
+    from i2v.run import RunAborted
 
     sim = make_simulator(latency_s=0.2, api_key="the-right-key")
     if problem == "unknown_model":
@@ -423,7 +423,7 @@ def test_deleted_video_is_fetched_again_without_paying(
 def test_finished_rows_let_queued_submissions_go_first_and_the_last_lands_at_once(
     simulator: Any, pictures: Path, tmp_path: Path
 ) -> None:
-    from flows.batch import LAND_YIELD_S
+    from i2v.lifecycle import LAND_YIELD_S
 
     rows = [{"id": f"r{i}", "image": "astronaut.png", "prompt": f"pan right {i}"} for i in range(3)]
     manifest = write_manifest(pictures, rows)

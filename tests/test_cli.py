@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from i2v.cli import app, run_async
+from cli.main import app, run_async
 from tests.conftest import REPO, TEST_API_KEY
 from tests.test_batch_flow import write_manifest
 
@@ -127,9 +127,9 @@ def test_exit_codes_and_messages(
 def start_cli(
     args: list[str], env: dict[str, str], *, merge_stderr: bool = False
 ) -> subprocess.Popen[bytes]:
-    """`python -m i2v.cli ARGS` in its own session (so kill -9 takes its whole group)."""
+    """`python -m cli.main ARGS` in its own session (so kill -9 takes its whole group)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "i2v.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import logging
 import pickle
 import time
@@ -16,32 +15,31 @@ from typing import Any
 import httpx
 import pytest
 
-from i2v.client import (
-    DEFAULT_BASE_URL,
-    AtlasClient,
-    SyncAtlasClient,
-    Timeouts,
-    parse_prediction,
-    parse_upload,
-)
+from i2v._constants import DEFAULT_BASE_URL, DEFAULT_USER_AGENT
+from i2v.client import AtlasClient
 from i2v.errors import (
     AmbiguousSubmissionError,
-    AtlasAPIError,
     AtlasError,
     AuthError,
     BadRequestError,
+    BlockedError,
     ConfigError,
     InsufficientBalanceError,
     ModelNotFoundError,
+    NotFoundError,
     OutputError,
     PredictionFailedError,
+    PredictionNotFoundError,
     PredictionTimeoutError,
     RateLimitedError,
 )
 from i2v.media import check_mp4_file, video_facts
 from i2v.models import DEFAULT_MODEL
+from i2v.parsing import parse_prediction, parse_upload
 from i2v.polling import FIRST_POLL_FACTOR, FIRST_POLL_SLACK_S, DurationEstimator, PollSchedule
 from i2v.retry import RetryPolicy
+from i2v.session import Timeouts
+from i2v.sync_client import SyncAtlasClient
 from i2v.types import Prediction, PredictionStatus
 from tests.conftest import EXAMPLES, TEST_API_KEY
 
@@ -100,7 +98,8 @@ async def test_upload_generate_wait_download(simulator: Any, tmp_path: Path) -> 
         )
         assert done.status is PredictionStatus.SUCCEEDED
         assert done.id == prediction.id and done.output_url
-        assert done.polls == len(seen) >= 1 and seen[-1] is PredictionStatus.SUCCEEDED
+        assert len(seen) >= 1 and seen[-1] is PredictionStatus.SUCCEEDED
+        assert simulator.stats.polls == len(seen)  # every poll sent was seen, none hidden
         assert done.predict_time_s == pytest.approx(0.3, abs=0.01)
         # The estimator learned the job's duration for the next rows.
         assert schedule.estimator.count == 1
@@ -173,6 +172,19 @@ def test_base_url_from_argument_env_or_default(monkeypatch: pytest.MonkeyPatch) 
         AtlasClient("k", "api.atlascloud.ai")
 
 
+def test_user_agent_is_a_config_option() -> None:
+    from i2v.config import ApiSettings, load_options
+
+    field = ApiSettings.model_fields["user_agent"]
+    assert field.title == "User-Agent" and field.description
+    assert "ATLASCLOUD_USER_AGENT" in field.description
+    assert load_options().api.user_agent is None  # the client's default applies
+    chosen = load_options(api={"user_agent": "Mozilla/5.0 (studio)"}).api.user_agent
+    assert AtlasClient("k", user_agent=chosen).user_agent == "Mozilla/5.0 (studio)"
+    with pytest.raises(ConfigError, match="user_agent"):
+        load_options(api={"user_agent": "two\nlines"})
+
+
 # ------------------------------------------------------------ error answers
 
 
@@ -198,6 +210,43 @@ async def test_balance_runs_out_with_402(make_simulator: Callable[..., Any]) -> 
             await submit(client)
     assert err.value.status_code == 402 and err.value.request_id
     assert sim.stats.jobs_created == 1 and sim.stats.generate_posts == 2
+
+
+async def test_balance_message_on_a_400_is_a_balance_error(
+    make_simulator: Callable[..., Any],
+) -> None:
+    sim = make_simulator(latency_s=0.2, balance_jobs=0, balance_status=400)
+    async with make_client(sim) as client:
+        with pytest.raises(InsufficientBalanceError) as err:
+            await submit(client)
+    assert err.value.status_code == 400 and "insufficient balance" in str(err.value)
+    assert sim.stats.generate_posts == 1 and sim.stats.jobs_created == 0  # not retried
+
+
+async def test_cloudflare_block_names_the_user_agent_and_how_to_change_it(
+    make_simulator: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = make_simulator(latency_s=0.1, blocked_user_agents=("i2v-pipeline/",))
+    async with make_client(sim) as client:
+        assert client.user_agent == DEFAULT_USER_AGENT
+        with pytest.raises(BlockedError) as err:
+            await client.upload_media(PICTURE, filename="c.png", content_type="image/png")
+    assert not isinstance(err.value, AuthError) and err.value.status_code == 403
+    text = str(err.value)
+    assert "blocked by Cloudflare" in text and "error code 1010" in text
+    assert "not a bad API key" in text and repr(DEFAULT_USER_AGENT) in text
+    assert "ATLASCLOUD_USER_AGENT" in text and "api.user_agent" in text
+    assert sim.stats.responses_by_status == {403: 1}  # not retried
+    # Another User-Agent, from the argument or the environment, gets through.
+    async with make_client(sim, user_agent="Mozilla/5.0 (compatible; studio)") as client:
+        assert (await submit(client)).id
+    monkeypatch.setenv("ATLASCLOUD_USER_AGENT", "Mozilla/5.0 (env)")
+    async with make_client(sim) as client:
+        assert client.user_agent == "Mozilla/5.0 (env)"
+        assert (await submit(client)).id
+    assert sim.stats.jobs_created == 2
+    with pytest.raises(ConfigError, match="one line"):
+        AtlasClient("k", user_agent="a\r\nX-Injected: 1")
 
 
 async def test_unknown_model_and_check_model(simulator: Any) -> None:
@@ -314,10 +363,32 @@ async def test_unknown_prediction_past_grace_is_not_a_model_error(simulator: Any
         young = await client.get_prediction("0" * 32, age_s=1.0)
         assert young.status is PredictionStatus.NOT_VISIBLE and young.request_id
         for age in (None, 31.0):
-            with pytest.raises(AtlasAPIError) as err:
+            with pytest.raises(NotFoundError) as err:
                 await client.get_prediction("0" * 32, age_s=age)
-            assert type(err.value) is AtlasAPIError  # not ModelNotFoundError: don't stop a run
+            assert type(err.value) is PredictionNotFoundError  # not a model: don't stop a run
+            assert not isinstance(err.value, ModelNotFoundError)
+            assert err.value.prediction_id == "0" * 32
             assert err.value.status_code == 404 and "0" * 32 in str(err.value)
+
+
+async def test_prediction_purged_after_retention_says_so(
+    make_simulator: Callable[..., Any],
+) -> None:
+    sim = make_simulator(latency_s=0.1, retention_s=0.5)
+    schedule = PollSchedule(
+        DurationEstimator(initial_s=0.1), min_interval_s=0.05, not_visible_grace_s=0.2
+    )
+    async with make_client(sim) as client:
+        prediction = await submit(client, prompt="never finishes")
+        with pytest.raises(PredictionNotFoundError) as err:
+            await client.wait_for_prediction(prediction.id, deadline_s=20, schedule=schedule)
+        with pytest.raises(PredictionNotFoundError) as later:
+            await client.get_prediction(prediction.id)  # age unknown: same answer
+    for exc in (err.value, later.value):
+        assert exc.prediction_id == prediction.id and exc.status_code == 404
+        assert "purged or expired" in str(exc) and "never created" not in str(exc)
+    assert "s after its submission" in str(err.value)
+    assert sim.stats.responses_by_status[200] >= 2  # it was polled fine before the purge
 
 
 async def test_moderation_failure_carries_code_1039(simulator: Any) -> None:
@@ -329,6 +400,61 @@ async def test_moderation_failure_carries_code_1039(simulator: Any) -> None:
     assert err.value.prediction_id == prediction.id
     assert err.value.error and "moderation" in err.value.error
     assert "1039" in str(err.value)
+
+
+@pytest.mark.parametrize("running", ["pending", "running", "starting"])
+async def test_other_running_names_are_waited_through(
+    make_simulator: Callable[..., Any], running: str
+) -> None:
+    sim = make_simulator(latency_s=0.8)  # the first poll (~0.33 s) sees it running
+    sim.config.status_aliases = {"processing": running, "completed": "succeeded"}
+    seen: list[str | None] = []
+    async with make_client(sim) as client:
+        prediction = await submit(client)
+        assert prediction.raw_status == running and prediction.status is PredictionStatus.RUNNING
+        done = await client.wait_for_prediction(
+            prediction.id,
+            deadline_s=20,
+            schedule=fast_schedule(),
+            on_poll=lambda p: seen.append(p.raw_status),
+        )
+    assert done.status is PredictionStatus.SUCCEEDED and done.raw_status == "succeeded"
+    assert running in seen and seen[-1] == "succeeded"
+
+
+@pytest.mark.parametrize("ended", ["timeout", "cancelled", "canceled"])
+async def test_provider_timeout_and_cancel_are_failures(
+    make_simulator: Callable[..., Any], ended: str
+) -> None:
+    sim = make_simulator(latency_s=0.1, status_aliases={"failed": ended})
+    async with make_client(sim) as client:
+        prediction = await submit(client, prompt="nsfw")
+        with pytest.raises(PredictionFailedError) as err:
+            await client.wait_for_prediction(prediction.id, deadline_s=20, schedule=fast_schedule())
+    assert err.value.prediction_id == prediction.id and ended in str(err.value)
+
+
+async def test_html_poll_answers_are_retried_until_json(
+    make_simulator: Callable[..., Any],
+) -> None:
+    # More HTML answers than one poll's retries: the poll loop itself rides them out.
+    html = FAST_RETRY.max_attempts + 2
+    sim = make_simulator(latency_s=0.1, html_poll_answers=html)
+    seen: list[list[Prediction]] = [[], [], []]
+    async with make_client(sim) as client:
+        predictions = [await submit(client, prompt=f"row {i}") for i in range(3)]
+        done = await asyncio.gather(
+            *(
+                client.wait_for_prediction(
+                    p.id, deadline_s=20, schedule=fast_schedule(), on_poll=seen[i].append
+                )
+                for i, p in enumerate(predictions)
+            )
+        )
+    assert all(d.status is PredictionStatus.SUCCEEDED and d.output_url for d in done)
+    # Every poll is counted: the HTML pages, then the JSON answers the client saw.
+    assert all(len(polls) >= 1 for polls in seen)
+    assert sim.stats.polls == 3 * html + sum(len(polls) for polls in seen)
 
 
 async def test_stuck_job_times_out_with_its_id(simulator: Any) -> None:
@@ -358,10 +484,15 @@ async def test_warm_estimator_finds_jobs_done_on_first_poll(
             p = await client.generate_video(
                 DEFAULT_MODEL, {"image": uploaded.download_url, "prompt": f"row {i}"}
             )
-            done = await client.wait_for_prediction(
-                p.id, deadline_s=20, schedule=schedule, submitted_monotonic=submitted
+            seen: list[Prediction] = []
+            await client.wait_for_prediction(
+                p.id,
+                deadline_s=20,
+                schedule=schedule,
+                submitted_monotonic=submitted,
+                on_poll=seen.append,
             )
-            return done.polls
+            return len(seen)
 
         cold = await asyncio.gather(*(one_row(i) for i in range(6)))
         sim.reset_stats()
@@ -547,6 +678,8 @@ async def test_key_never_leaks_into_reprs_errors_or_logs(
     [
         ("processing", PredictionStatus.RUNNING),
         ("starting", PredictionStatus.RUNNING),
+        ("pending", PredictionStatus.RUNNING),
+        ("running", PredictionStatus.RUNNING),
         ("created", PredictionStatus.RUNNING),
         ("queued", PredictionStatus.RUNNING),
         ("in_progress", PredictionStatus.RUNNING),
@@ -557,6 +690,9 @@ async def test_key_never_leaks_into_reprs_errors_or_logs(
         ("failed", PredictionStatus.FAILED),
         ("canceled", PredictionStatus.FAILED),
         ("cancelled", PredictionStatus.FAILED),
+        ("Canceled", PredictionStatus.FAILED),
+        ("error", PredictionStatus.FAILED),
+        ("fail", PredictionStatus.FAILED),
         ("timed out", PredictionStatus.TIMED_OUT),
         ("timed_out", PredictionStatus.TIMED_OUT),
         ("timeout", PredictionStatus.TIMED_OUT),
@@ -618,27 +754,16 @@ class RewriteStatus(httpx.AsyncHTTPTransport):
         return httpx.Response(response.status_code, headers=headers, content=body)
 
 
-class DropOutputs(httpx.AsyncHTTPTransport):
-    """Real HTTP, but a completed prediction comes back listing no output."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        if "/prediction/" not in request.url.path:
-            return response
-        payload = json.loads(await response.aread())
-        payload["data"]["outputs"] = []
-        headers = [(k, v) for k, v in response.headers.items() if k != "content-length"]
-        return httpx.Response(response.status_code, headers=headers, json=payload)
-
-
-async def test_success_without_output_is_an_output_error(
+async def test_completed_without_output_is_an_output_error(
     make_simulator: Callable[..., Any],
 ) -> None:
-    sim = make_simulator(latency_s=0.1)
-    async with make_client(sim, transport=DropOutputs()) as client:
+    sim = make_simulator(latency_s=0.1, completed_without_output_rate=1.0)
+    async with make_client(sim) as client:
         prediction = await submit(client)
-        with pytest.raises(OutputError, match="lists no output"):
+        with pytest.raises(OutputError) as err:
             await client.wait_for_prediction(prediction.id, deadline_s=20, schedule=fast_schedule())
+    assert err.value.prediction_id == prediction.id
+    assert "provider finished" in str(err.value) and "without an output URL" in str(err.value)
 
 
 async def test_unknown_status_counts_as_running_and_is_logged_once(

@@ -405,7 +405,7 @@ def test_fanout_over_two_workers_under_the_provider_cap(
 
 def _plan(line: int, identity: str | None, error: str | None = None) -> Any:
     from i2v.manifest import ManifestRow
-    from i2v.pipeline import RowPlan
+    from i2v.run import RowPlan
 
     row = ManifestRow(
         line=line,
@@ -420,7 +420,7 @@ def _plan(line: int, identity: str | None, error: str | None = None) -> Any:
 
 
 def test_plan_shards_keeps_duplicates_together() -> None:
-    from flows.fanout import plan_shards
+    from i2v.shards import plan_shards
 
     plans = [
         _plan(2, "A"),
@@ -453,7 +453,8 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
 
     from flows.fanout import _merge
     from i2v.config import BatchOptions
-    from i2v.pipeline import JobOutcome, RowStatus, group_jobs
+    from i2v.rows import group_jobs
+    from i2v.run import JobOutcome, RowStatus
     from i2v.results import result_rows, write_tables
     from i2v.storage import open_storage
 

@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from i2v.cli import app
+from cli.main import app
 from i2v.media import is_mp4_header, video_facts
 from tests.test_batch_flow import options_for, run_batch, write_manifest
 from tests.test_cli import _phases, sim_config, start_cli
@@ -707,7 +707,7 @@ def test_api_key_never_leaks_from_the_flow(
     """The flow, a good run then one the provider refuses: the key is in no exception,
     no file under DEST, and nothing the Prefect server stored (flow-run parameters and
     state messages, task runs, artifacts, logs, its database file)."""
-    from i2v.pipeline import RunAborted
+    from i2v.run import RunAborted
 
     key = _secret_key()
     monkeypatch.setenv("ATLASCLOUD_API_KEY", key)

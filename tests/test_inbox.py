@@ -17,16 +17,9 @@ import boto3
 import pandas as pd
 import pytest
 
-from flows.inbox import (
-    Decision,
-    InboxFailed,
-    InboxReport,
-    Ledger,
-    LedgerEntry,
-    decide,
-    i2v_inbox,
-)
+from flows.inbox import InboxFailed, InboxReport, i2v_inbox
 from i2v.config import BatchOptions
+from i2v.ledger import Decision, Ledger, LedgerEntry, carried_history, decide, dest_for
 from i2v.storage import open_storage
 from tests.conftest import EXAMPLES
 from tests.test_batch_flow import options_for as batch_options_for
@@ -119,6 +112,35 @@ def test_ledger_compare_and_swap(backend: str, tmp_path: Path, request: Any) -> 
     assert ledger.get("a.csv")[0] is not None
     ledger.release("a.csv", "run-b")
     assert ledger.get("a.csv") == (None, None)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_released_reclaim_restores_what_the_earlier_content_produced(
+    backend: str, tmp_path: Path, request: Any
+) -> None:
+    if backend == "s3":
+        storage = open_storage(f"s3://{request.getfixturevalue('s3_bucket')}/results")
+    else:
+        storage = open_storage(tmp_path / "results")
+    ledger = Ledger(storage)
+    done = _entry(counts={"landed": 2})
+    ledger.put("a.csv", done)
+    old, token = ledger.get("a.csv")
+    claim = _entry(sha256="s2", status="claimed", flow_run_id="run-b", history=carried_history(old))
+    assert ledger.replace("a.csv", claim, token)
+    ledger.release("a.csv", "run-b")  # the new content's run failed
+    assert ledger.get("a.csv")[0] == done
+
+
+def test_a_damaged_entry_can_be_claimed_over(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path / "results")
+    storage.write_bytes(Ledger.key("a.csv"), b"{half an entr")
+    ledger = Ledger(storage)
+    entry, token = ledger.get("a.csv")
+    assert entry is None and token is not None
+    assert not ledger.create("a.csv", _entry())  # something is there
+    assert ledger.replace("a.csv", _entry(), token)
+    assert dest_for(storage, "a.csv") == str(tmp_path / "results" / "a")
 
 
 # ------------------------------------------------------------------------- the flow

@@ -12,7 +12,7 @@ import pytest
 from i2v.errors import ConfigError, ManifestError
 from i2v.manifest import Manifest, read_manifest
 from i2v.models import get_model
-from i2v.storage import make_s3_client
+from i2v.s3 import make_s3_client
 
 REPO = Path(__file__).resolve().parent.parent
 STANDARD = get_model("minimax/hailuo-2.3/i2v-standard")

@@ -84,10 +84,18 @@ def test_aspect_ratio_out_of_range_says_the_ratio(
     assert f"too {word}" in msg and ratio in msg and "2:5" in msg and "5:2" in msg
 
 
-@pytest.mark.parametrize("size", [(1250, 500), (500, 1250)])
-def test_aspect_ratio_exactly_at_the_bounds_passes(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(("size", "word"), [((1250, 500), "wide"), ((500, 1250), "tall")])
+def test_aspect_ratio_exactly_at_the_bounds_is_refused(size: tuple[int, int], word: str) -> None:
+    # The published schema: strictly greater than 2:5 and less than 5:2.
+    with pytest.raises(InputError) as err:
+        check_image(encode(size, "PNG"), name="edge.png")
+    assert f"too {word}" in str(err.value) and "strictly between 2:5" in str(err.value)
+
+
+@pytest.mark.parametrize("size", [(1249, 500), (500, 1249), (1000, 401), (401, 1000)])
+def test_aspect_ratio_just_inside_the_bounds_passes(size: tuple[int, int]) -> None:
     info = check_image(encode(size, "PNG"))
-    assert Fraction(info.width, info.height) in (Fraction(5, 2), Fraction(2, 5))
+    assert Fraction(2, 5) < Fraction(info.width, info.height) < Fraction(5, 2)
 
 
 @pytest.mark.parametrize(("fmt", "save"), [("GIF", {}), ("WEBP", {}), ("BMP", {}), ("TIFF", {})])

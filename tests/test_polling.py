@@ -6,10 +6,14 @@ import itertools
 import math
 import random
 import statistics
+from typing import Any
 
 import pytest
 
-from i2v.polling import DurationEstimator, PollSchedule
+from i2v._constants import NOT_VISIBLE_GRACE_S
+from i2v.client import AtlasClient
+from i2v.polling import DurationEstimator, PollSchedule, job_duration
+from i2v.types import Prediction, PredictionStatus
 
 
 def warm(samples: list[float], initial_s: float = 45.0, window: int = 50) -> DurationEstimator:
@@ -220,3 +224,36 @@ def test_straggler_is_polled_ever_more_slowly() -> None:
     polls, _ = run_workload([600.0], sched)
     # Polling every 0.25 s for 10 min would be 2400 polls; growth keeps it small.
     assert polls[0] < 80
+
+
+def test_one_not_visible_grace_for_the_schedule_and_the_client() -> None:
+    assert NOT_VISIBLE_GRACE_S == 30.0
+    assert PollSchedule(DurationEstimator()).not_visible_grace_s == NOT_VISIBLE_GRACE_S
+    assert AtlasClient("k", "http://127.0.0.1:9").not_visible_grace_s == NOT_VISIBLE_GRACE_S
+
+
+def done(**fields: Any) -> Prediction:
+    return Prediction(id="p", status=PredictionStatus.SUCCEEDED, **fields)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "running_at", "seen_at", "expected"),
+    [
+        (done(predict_time_s=20.0), 18.0, 25.0, 20.0),  # the provider's own timing
+        (done(predict_time_s=10.0), 18.0, 25.0, 18.0),  # queued: at least the running age
+        (done(predict_time_s=40.0), 18.0, 25.0, 25.0),  # never past the time seen done
+        (
+            done(created_at="2025-01-01T00:00:00Z", completed_at="2025-01-01T00:00:21.5Z"),
+            None,
+            30.0,
+            21.5,
+        ),
+        (done(created_at="1735689600000", completed_at="1735689612000"), None, 30.0, 12.0),
+        (done(), 18.0, 25.0, 25.0),  # no timing: the conservative upper bound
+        (done(predict_time_s=0.0), None, 25.0, 25.0),
+    ],
+)
+def test_job_duration_uses_the_providers_timing_within_the_window(
+    prediction: Prediction, running_at: float | None, seen_at: float, expected: float
+) -> None:
+    assert job_duration(prediction, running_at, seen_at) == pytest.approx(expected)

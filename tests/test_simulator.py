@@ -326,9 +326,13 @@ def test_pictures_breaking_the_model_rules_are_400(
 
 
 def test_a_picture_at_the_limits_is_accepted(sim: Sim, api: httpx.Client) -> None:
-    # A short side over 300 px and exactly 5:2 are inside the rules.
-    r = generate(api, data_uri(noise_picture(w=755, h=302)))  # 2.5 exactly
+    # A short side over 301 px and a ratio just under 5:2 are inside the rules; the
+    # published schema's bounds are strict, so exactly 5:2 (or 2:5) is refused.
+    r = generate(api, data_uri(noise_picture(w=754, h=302)))  # 2.497
     assert wait_done(api, job_id(r))["status"] == "completed"
+    for w, h in ((755, 302), (302, 755)):
+        r = generate(api, data_uri(noise_picture(w=w, h=h)))
+        assert r.status_code == 400 and "strictly between 2:5 and 5:2" in r.json()["msg"]
 
 
 def test_non_loopback_urls_are_refused_without_network(sim: Sim, api: httpx.Client) -> None:
@@ -420,6 +424,91 @@ def test_balance_runs_out_after_n_jobs(make_simulator: Callable[..., Sim]) -> No
         assert sim.stats.jobs_created == 2 and sim.stats.generate_posts == 4
         sim.config.balance_jobs = 3  # a top-up
         assert generate(c, url, prompt="shot 5").status_code == 200
+
+
+def test_balance_status_can_be_another_status(make_simulator: Callable[..., Sim]) -> None:
+    sim = make_simulator(latency_s=0.1, balance_jobs=0, balance_status=400)
+    with client(sim) as c:
+        r = generate(c, upload(c))
+    assert r.status_code == 400 and r.json() == {
+        "code": 400,
+        "msg": "insufficient balance: top up your account",
+    }
+    assert sim.stats.jobs_created == 0
+
+
+# ---- the provider's untidy answers ----
+
+
+def test_html_poll_answers_come_first_then_json(make_simulator: Callable[..., Sim]) -> None:
+    sim = make_simulator(latency_s=0.1, html_poll_answers=2)
+    with client(sim) as c:
+        url = upload(c)
+        pids = [job_id(generate(c, url, prompt=f"p{i}")) for i in range(2)]
+        for pid in pids:  # counted per prediction
+            for _ in range(2):
+                r = poll(c, pid)
+                assert r.status_code == 200
+                assert r.headers["content-type"].startswith("text/html")
+                assert "<title>Just a moment...</title>" in r.text
+            assert poll(c, pid).json()["data"]["id"] == pid
+    assert sim.stats.polls == 6
+
+
+def test_completed_without_output(make_simulator: Callable[..., Sim]) -> None:
+    sim = make_simulator(latency_s=0.1, completed_without_output_rate=1.0)
+    with client(sim) as c:
+        pid = job_id(generate(c, upload(c)))
+        done = wait_done(c, pid)
+        assert done["status"] == "completed" and done["outputs"] == []
+        assert c.get(f"/_sim/outputs/{pid}.mp4").status_code == 404
+        sim.config.completed_without_output_rate = 0.0
+        later = wait_done(c, job_id(generate(c, upload(c), prompt="another")))
+        assert later["status"] == "completed" and len(later["outputs"]) == 1
+
+
+def test_blocked_user_agents_get_a_cloudflare_page_before_auth(
+    make_simulator: Callable[..., Sim],
+) -> None:
+    sim = make_simulator(blocked_user_agents=("python-httpx",))
+    for key in (KEY, None):  # Cloudflare answers before the API checks the key
+        with client(sim, key=key) as c:
+            r = c.get("/api/v1/model/prediction/abc")
+        assert r.status_code == 403
+        assert r.headers["content-type"].startswith("text/html")
+        assert "error code: 1010" in r.text and "Cloudflare" in r.text
+    with client(sim) as c:
+        c.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64)"
+        assert c.get("/api/v1/model/prediction/abc").status_code == 404
+    assert sim.stats.responses_by_status == {403: 2, 404: 1}
+
+
+def test_retention_purges_old_predictions(make_simulator: Callable[..., Sim]) -> None:
+    sim = make_simulator(latency_s=0.05, retention_s=0.3)
+    with client(sim) as c:
+        pid = job_id(generate(c, upload(c)))
+        assert wait_done(c, pid)["status"] == "completed"
+        time.sleep(0.35)
+        r = poll(c, pid)
+        assert r.status_code == 404 and r.json()["msg"] == "prediction not found"
+        assert c.get(f"/_sim/outputs/{pid}.mp4").status_code == 200  # outputs live longer
+
+
+def test_status_aliases_rename_the_reported_statuses(make_simulator: Callable[..., Sim]) -> None:
+    sim = make_simulator(latency_s=0.2)
+    aliases = {"processing": "pending", "completed": "succeeded", "failed": "cancelled"}
+    r = httpx.post(sim.url + "/_sim/config", json={"status_aliases": aliases})
+    assert r.status_code == 200 and r.json()["status_aliases"] == aliases
+    with client(sim) as c:
+        url = upload(c)
+        created = generate(c, url)
+        assert created.json()["data"]["status"] == "pending"
+        pid = job_id(created)
+        failing = job_id(generate(c, url, prompt="nsfw"))
+        assert poll(c, pid).json()["data"]["status"] == "pending"
+        time.sleep(0.25)
+        assert poll(c, pid).json()["data"]["status"] == "succeeded"
+        assert poll(c, failing).json()["data"]["status"] == "cancelled"
 
 
 def test_new_prediction_is_invisible_for_a_while(make_simulator: Callable[..., Sim]) -> None:
@@ -694,8 +783,15 @@ def test_cli_knob_flags_reach_the_config() -> None:
             "top_level_id": parse_knob("top_level_id", "true"),
             "api_key": parse_knob("api_key", "123"),  # a key stays a string
             "known_models": parse_knob("known_models", "a/b,c/d"),
+            "status_aliases": parse_knob("status_aliases", '{"completed": "success"}'),
+            "blocked_user_agents": parse_knob("blocked_user_agents", "curl,python-httpx"),
+            "retention_s": parse_knob("retention_s", "3600"),
         }
     )
+    assert cfg.status_aliases == {"completed": "success"} and cfg.retention_s == 3600.0
+    assert cfg.blocked_user_agents == ("curl", "python-httpx")
+    with pytest.raises(ValueError):
+        parse_knob("status_aliases", '{"completed": 1}')
     assert (cfg.latency_s, cfg.balance_jobs, cfg.max_concurrent) == (0.5, None, 4)
     assert cfg.top_level_id is True and cfg.api_key == "123"
     assert cfg.known_models == ("a/b", "c/d")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,21 +18,11 @@ import httpx
 import pytest
 
 from i2v.errors import ConfigError, InputError, StorageError
-from i2v.storage import (
-    BIG_TRANSFERS_AT_ONCE,
-    TMP_SUFFIX,
-    LocalStorage,
-    S3Storage,
-    Storage,
-    default_s3_client,
-    make_s3_client,
-    open_storage,
-    presign_location,
-    read_location,
-    split_s3_uri,
-)
-
-MiB = 1024 * 1024
+from i2v.localfs import LOCK_NAME, TMP_SUFFIX, folder_lock
+from i2v.locations import presign_location, read_location
+from i2v.s3 import BIG_TRANSFERS_AT_ONCE, MiB, default_s3_client, make_s3_client, split_s3_uri
+from i2v.storage import LocalStorage, S3Storage, Storage, open_storage
+from tests.conftest import REPO
 
 
 def exact(message: str) -> str:
@@ -125,6 +117,176 @@ def test_keys_that_could_escape_or_mislead_are_refused(storage: Storage, key: st
         storage.write_bytes(key, b"x")
     with pytest.raises(StorageError, match="invalid storage key"):
         storage.read_bytes(key)
+    with pytest.raises(StorageError, match="invalid storage key"):
+        storage.write_if_absent(key, b"x")
+
+
+# ------------------------------------------------------------------------------ conditional writes
+
+
+def test_write_if_absent_creates_only_once(storage: Storage) -> None:
+    assert storage.write_if_absent("claims/a.json", b"first", content_type="application/json")
+    assert not storage.write_if_absent("claims/a.json", b"second")
+    assert storage.read_bytes("claims/a.json") == b"first"
+    assert storage.list() == ["claims/a.json"]  # no lock or temp file shows
+
+
+def test_replace_if_writes_only_over_the_version_read(storage: Storage) -> None:
+    assert storage.read_versioned("claims/a.json") == (None, None)
+    assert storage.replace_if("claims/a.json", b"v1", None)  # None: create
+    assert not storage.replace_if("claims/a.json", b"again", None)
+    data, v1 = storage.read_versioned("claims/a.json")
+    assert data == b"v1" and v1
+
+    assert storage.replace_if("claims/a.json", b"v2", v1)
+    data, v2 = storage.read_versioned("claims/a.json")
+    assert data == b"v2" and v2 not in (None, v1)
+    assert not storage.replace_if("claims/a.json", b"stale", v1)
+    assert storage.read_versioned("claims/a.json") == (b"v2", v2)
+
+    storage.write_bytes("claims/a.json", b"v3")  # an unconditional write is a new version
+    assert not storage.replace_if("claims/a.json", b"stale", v2)
+    _, v3 = storage.read_versioned("claims/a.json")
+    storage.delete("claims/a.json")
+    assert not storage.replace_if("claims/a.json", b"stale", v3)  # gone since read
+    assert storage.read_versioned("claims/a.json") == (None, None)
+
+
+def _race(n: int, attempt: Any) -> list[int]:
+    """Run `attempt(i)` in n threads released together; the i of those that got True."""
+    barrier = threading.Barrier(n)
+    wins: list[int] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        if attempt(i):
+            wins.append(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return wins
+
+
+def test_racing_threads_create_once(storage: Storage) -> None:
+    for round_ in range(5):
+        key = f"claims/{round_}.json"
+        wins = _race(12, lambda i, key=key: storage.write_if_absent(key, f"run-{i}".encode()))
+        assert len(wins) == 1, wins
+        assert storage.read_bytes(key) == f"run-{wins[0]}".encode()
+
+
+def test_racing_threads_replace_one_version_once(storage: Storage) -> None:
+    for round_ in range(5):
+        key = f"claims/{round_}.json"
+        storage.write_bytes(key, b"initial")
+        _, version = storage.read_versioned(key)
+        wins = _race(12, lambda i, k=key, v=version: storage.replace_if(k, f"run-{i}".encode(), v))
+        assert len(wins) == 1, wins
+        assert storage.read_bytes(key) == f"run-{wins[0]}".encode()
+
+
+_RACER = """
+import sys
+from i2v.storage import LocalStorage
+
+storage, me, rounds = LocalStorage(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()  # released together with the other racers
+for i in range(rounds):
+    if storage.write_if_absent(f"claims/{i}.json", me.encode()):
+        print(f"claims/{i}.json", flush=True)
+    if storage.replace_if(f"cas/{i}.json", me.encode(), sys.argv[4]):
+        print(f"cas/{i}.json", flush=True)
+"""
+
+
+def test_local_racing_processes_create_and_replace_once(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "out")
+    rounds = 40
+    for i in range(rounds):
+        storage.write_bytes(f"cas/{i}.json", b"initial")
+    version = storage.read_versioned("cas/0.json")[1]
+    assert version is not None
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(storage.root), f"proc-{n}", str(rounds), version],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for n in range(3)
+    ]
+    for racer in racers:
+        assert racer.stdout is not None and racer.stdout.readline() == "ready\n"
+    for racer in racers:
+        assert racer.stdin is not None
+        racer.stdin.write("go\n")
+        racer.stdin.flush()
+    won: dict[str, list[str]] = {}
+    for n, racer in enumerate(racers):
+        out, _ = racer.communicate(timeout=120)
+        assert racer.returncode == 0
+        for key in out.split():
+            won.setdefault(key, []).append(f"proc-{n}")
+    for i in range(rounds):
+        for key in (f"claims/{i}.json", f"cas/{i}.json"):
+            assert len(won.get(key, [])) == 1, (key, won.get(key))
+            assert storage.read_bytes(key) == won[key][0].encode()
+
+
+def test_local_conditional_writes_share_the_folder_lock(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "out")
+    storage.write_bytes("claims/b.json", b"old")
+    _, version = storage.read_versioned("claims/b.json")
+    results: list[bool] = []
+    calls = [
+        lambda: results.append(storage.write_if_absent("claims/a.json", b"a") is not None),
+        lambda: results.append(storage.replace_if("claims/b.json", b"new", version) is not None),
+    ]
+    threads = [threading.Thread(target=call) for call in calls]
+    with folder_lock(storage.root / "claims"):  # as another process mid-replace would
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        assert results == []
+        assert storage.read_bytes("claims/a.json") is None
+        assert storage.read_bytes("claims/b.json") == b"old"
+    for t in threads:
+        t.join(timeout=10)
+    assert results == [True, True]
+    assert storage.read_bytes("claims/b.json") == b"new"
+
+
+def test_local_failed_create_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = LocalStorage(tmp_path / "out")
+
+    def broken_link(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "link", broken_link)
+    with pytest.raises(StorageError, match="No space left on device"):
+        storage.write_if_absent("claims/a.json", b"x")
+    monkeypatch.undo()
+    assert storage.list() == []
+    assert [p.name for p in (tmp_path / "out" / "claims").iterdir()] == [LOCK_NAME]
+
+
+def test_s3_conditional_writes_use_the_prefix_type_and_etag(s3_bucket: str, s3: Any) -> None:
+    storage = open_storage(f"s3://{s3_bucket}/runs/demo")
+    assert storage.write_if_absent("_state/a.json", b"{}", content_type="application/json")
+    head = s3.head_object(Bucket=s3_bucket, Key="runs/demo/_state/a.json")
+    assert head["ContentType"] == "application/json"
+    assert storage.read_versioned("_state/a.json") == (b"{}", head["ETag"])
+    assert storage.replace_if("_state/a.json", b"[]", head["ETag"], content_type="text/plain")
+    assert s3.head_object(Bucket=s3_bucket, Key="runs/demo/_state/a.json")["ContentType"] == (
+        "text/plain"
+    )
 
 
 # ------------------------------------------------------------------------------ local
@@ -137,8 +299,7 @@ def test_local_forms_and_lazy_creation(tmp_path: Path) -> None:
     assert not root.exists()  # created on first write, not on open
     assert storage.uri == str(root)
     assert storage.key_uri("videos/a.mp4") == str(root / "videos" / "a.mp4")
-    assert storage.public_url("videos/a.mp4") == str(root / "videos" / "a.mp4")
-    assert storage.public_url("runs/r1/") == str(root / "runs" / "r1")
+    assert storage.key_uri("runs/r1/") == str(root / "runs" / "r1")
     assert storage.presign_get("videos/a.mp4") is None
     storage.write_bytes("videos/a.mp4", b"x")
     assert (root / "videos" / "a.mp4").read_bytes() == b"x"
@@ -209,8 +370,7 @@ def test_s3_forms(s3_bucket: str) -> None:
     assert isinstance(storage, S3Storage)
     assert storage.uri == f"s3://{s3_bucket}/runs/demo"
     assert storage.key_uri("videos/a.mp4") == f"s3://{s3_bucket}/runs/demo/videos/a.mp4"
-    assert storage.public_url("videos/a.mp4") == f"s3://{s3_bucket}/runs/demo/videos/a.mp4"
-    assert storage.public_url("runs/r1/") == f"s3://{s3_bucket}/runs/demo/runs/r1/"
+    assert storage.key_uri("runs/r1/") == f"s3://{s3_bucket}/runs/demo/runs/r1/"
     root = open_storage(f"s3://{s3_bucket}")
     assert root.uri == f"s3://{s3_bucket}"
     assert root.key_uri("a.mp4") == f"s3://{s3_bucket}/a.mp4"
@@ -322,6 +482,9 @@ def test_s3_missing_bucket_is_a_storage_error_naming_the_uri(
         lambda: storage.list(),
         lambda: storage.delete("a.json"),
         lambda: storage.put_file("v.mp4", staged),
+        lambda: storage.read_versioned("a.json"),
+        lambda: storage.write_if_absent("a.json", b"x"),
+        lambda: storage.replace_if("a.json", b"x", '"0"'),
     ]
     for call in calls:
         with pytest.raises(StorageError, match="no-such-bucket-i2v") as info:

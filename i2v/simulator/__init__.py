@@ -14,10 +14,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from i2v.simulator.app import Simulator, SimulatorStats
+    from i2v.simulator.app import Simulator
     from i2v.simulator.config import SimulatorConfig
     from i2v.simulator.render import parse_motion, render_video
     from i2v.simulator.server import SimulatorHandle, serve, start_simulator
+    from i2v.simulator.stats import SimulatorStats
 
 __all__ = [
     "Simulator",
@@ -32,7 +33,7 @@ __all__ = [
 
 _HOMES = {
     "Simulator": "app",
-    "SimulatorStats": "app",
+    "SimulatorStats": "stats",
     "SimulatorConfig": "config",
     "parse_motion": "render",
     "render_video": "render",

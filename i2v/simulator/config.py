@@ -27,7 +27,8 @@ class SimulatorConfig:
     rate_5xx: float = 0.0  # probability a prediction poll / output download answers 500/503
     moderation_trigger: str = "nsfw"  # prompt containing it -> failed, error_code 1039
     stuck_trigger: str = "never finishes"  # prompt containing it -> processing forever
-    balance_jobs: int | None = None  # after this many accepted jobs, generate answers 402
+    balance_jobs: int | None = None  # after this many accepted jobs, generate refuses
+    balance_status: int = 402  # ... with this status ("insufficient balance" either way)
     generate_delay_s: float = 0.0  # the job is created, THEN the answer waits this long
     not_visible_s: float = 0.0  # prediction GET answers 404 this long after creation
     max_concurrent: int | None = None  # generate answers 429 while this many jobs process
@@ -39,6 +40,14 @@ class SimulatorConfig:
     download_failures: int = 0  # the next N output downloads are cut off mid-stream
     top_level_id: bool = False  # generate answers with a top-level "id", no "data"
     outputs_as_string: bool = False  # "outputs": "url" instead of ["url"]
+    # The provider's untidy answers:
+    html_poll_answers: int = 0  # the first N polls of each job answer 200 with an HTML page
+    completed_without_output_rate: float = 0.0  # probability a job completes with no output
+    blocked_user_agents: tuple[str, ...] = ()  # UA containing one -> Cloudflare 403 (1010)
+    retention_s: float | None = None  # jobs older than this are purged: their GET is 404
+    # Status names reported instead of the simulator's own (processing, completed,
+    # failed), e.g. {"processing": "pending", "completed": "succeeded"}.
+    status_aliases: dict[str, str] = field(default_factory=dict)
     seed: int | None = None  # RNG seed for the probabilities
 
     def update(self, changes: Mapping[str, Any]) -> None:
@@ -55,6 +64,7 @@ class SimulatorConfig:
         """The knobs as JSON-ready values."""
         out = dataclasses.asdict(self)
         out["known_models"] = list(self.known_models)
+        out["blocked_user_agents"] = list(self.blocked_user_agents)
         return out
 
 
@@ -82,6 +92,12 @@ def coerce_knob(name: str, value: Any) -> Any:
         if nullable:
             return None
         raise ValueError(f"knob {name!r} cannot be null")
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ValueError(f"knob {name!r} takes an object of strings")
+        return dict(value)
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -15,8 +15,10 @@ from typing import Any
 
 import uvicorn
 
-from i2v.simulator.app import DownloadCut, Simulator, SimulatorStats
+from i2v.simulator.app import Simulator
 from i2v.simulator.config import SimulatorConfig, knob_names, parse_knob
+from i2v.simulator.outputs import DownloadCut
+from i2v.simulator.stats import SimulatorStats
 
 __all__ = ["SimulatorHandle", "main", "serve", "start_simulator"]
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2v import pipeline
+from i2v import steps
 from i2v.batching import Batch, settle_each
+from i2v.run import Job, RunContext
 from i2v.state import InputRecord
+
+PollItem = tuple[Job, InputRecord]
 
 
 @task(name="poll", task_run_name="poll-{label}", cache_policy=NO_CACHE)
-async def wait_for_videos(
-    ctx: pipeline.RunContext,
-    entries: Batch[tuple[pipeline.Job, InputRecord], InputRecord],
-    label: str,
+async def poll(
+    ctx: RunContext, entries: Batch[PollItem, InputRecord], label: str
 ) -> tuple[int, int]:
     """Poll each prediction until it ends or its deadline passes; its record says how.
 
@@ -22,8 +23,7 @@ async def wait_for_videos(
     at once. Polling is free and idempotent; the client retries GETs with backoff.
     """
 
-    async def one(item: tuple[pipeline.Job, InputRecord]) -> InputRecord:
-        job, record = item
-        return await pipeline.wait(ctx, job, record)
+    async def one(item: PollItem) -> InputRecord:
+        return await steps.poll(ctx, *item)
 
     return await settle_each(entries, one)

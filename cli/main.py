@@ -1,7 +1,7 @@
 """The `i2v` command: `i2v run` a manifest through the batch flow, `i2v simulate` the API.
 
 Exit codes: 0 every row landed; 1 some rows did not; 2 usage, config or auth error
-(nothing submitted).
+(nothing submitted); 130 / 143 stopped by SIGINT / SIGTERM (bookkeeping done).
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ def run(
 
 
 def _run_flow(source: str, dest: str, options: Any) -> int:
-    # Imported here: `i2v` stays free of Prefect at import time; only the command that
-    # runs a flow pulls in the flow layer.
+    # Imported here: `i2v simulate` and usage errors never pay for importing Prefect.
     from flows.batch import i2v_batch
-    from i2v import pipeline
+    from flows.common import controlled
+    from i2v.run import Job, JobOutcome, RunAborted, RunControl
 
     progress = Progress(
         TextColumn("[bold]i2v"),
@@ -129,22 +129,21 @@ def _run_flow(source: str, dest: str, options: Any) -> int:
     spent = [0.0]
     bar = progress.add_task("rows", total=None, detail="reading rows")
 
-    def listener(event: str, job: pipeline.Job, outcome: pipeline.JobOutcome | None) -> None:
+    def listener(event: str, job: Job, outcome: JobOutcome | None) -> None:
         if event == "submitted":
             in_flight.add(job.identity)
-            spent[0] += (job.record.cost_usd or 0.0) if job.record else 0.0
         elif event == "outcome" and outcome is not None:
             in_flight.discard(job.identity)
+            spent[0] += outcome.paid_usd
             counts[str(outcome.status)] = counts.get(str(outcome.status), 0) + len(job.rows)
             progress.advance(bar, len(job.rows))
         detail = " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         progress.update(bar, detail=f"{detail}  in flight {len(in_flight)}  ${spent[0]:.2f}")
 
-    pipeline.LISTENERS.append(listener)
     try:
-        with progress:
+        with progress, controlled(RunControl([listener])):
             summary = run_async(i2v_batch(source, dest, options))
-    except (ConfigError, ManifestError, pipeline.RunAborted) as exc:
+    except (ConfigError, ManifestError, RunAborted) as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 2
     except StorageError as exc:
@@ -153,8 +152,6 @@ def _run_flow(source: str, dest: str, options: Any) -> int:
     except I2VError as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 2
-    finally:
-        pipeline.LISTENERS.remove(listener)
     _print_summary(summary, dest)
     return summary.exit_code
 
@@ -188,11 +185,17 @@ def _print_summary(summary: Any, dest: str) -> None:
         )
         return
     out.print(
-        f"run {summary.run_id}: spent ${summary.spent_usd:.2f} on {summary.submissions} "
+        f"run {summary.run_id}: spent ${summary.spent_usd:.2f}"
+        f"{' (simulated)' if summary.simulated else ''} on {summary.submissions} "
         f"submissions; {summary.polls} polls; {summary.elapsed_s:.1f} s"
     )
     if summary.stop_message:
         out.print(f"[yellow]stopped:[/yellow] {summary.stop_message}")
+    if summary.stopped_by:
+        out.print(
+            f"[yellow]stopped by {summary.stopped_by}:[/yellow] every prediction id is "
+            "recorded; rerun the same command to go on"
+        )
     for message, n in summary.top_errors[:3]:
         out.print(f"  {n} x {message}")
     sep = "" if dest.endswith("/") else "/"

@@ -1,0 +1,1 @@
+"""The `i2v` console script: above the flows it runs (`i2v run`) and the simulator."""

@@ -1,0 +1,39 @@
+"""Constants and tiny predicates shared across the package: one definition of each."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from i2v import __version__
+
+DEFAULT_BASE_URL = "https://api.atlascloud.ai"
+API_KEY_ENV = "ATLASCLOUD_API_KEY"
+BASE_URL_ENV = "ATLASCLOUD_BASE_URL"
+USER_AGENT_ENV = "ATLASCLOUD_USER_AGENT"
+DEFAULT_USER_AGENT = f"i2v-pipeline/{__version__}"
+
+# Right after creation a prediction GET may answer 400/404 for a few seconds.
+NOT_VISIBLE_GRACE_S = 30.0
+
+MAX_ID_CHARS = 200
+# An id names `videos/<id>.mp4`: no path separators, no control characters.
+# \A..\Z, not ^..$: `$` would also match before a trailing newline.
+SAFE_ID_PATTERN = re.compile(rf"\A[^/\\\x00-\x1f\x7f]{{1,{MAX_ID_CHARS}}}\Z")
+
+
+def is_safe_id(text: str) -> bool:
+    """Whether `text` can name a file on its own: SAFE_ID_PATTERN, and not "." or ".."."""
+    return bool(SAFE_ID_PATTERN.match(text)) and text not in (".", "..")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` is `localhost` or a loopback IP address (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,144 @@
+"""The inbox ledger: which manifests were processed, kept with the results.
+
+One small JSON object per manifest name under DEST_ROOT/_inbox/. It holds the
+manifest's sha256, so re-uploading different content under the same name processes it
+again, while re-uploading the same bytes does not. Runs ticking together claim with the
+storage's conditional writes (create if absent, compare-and-swap), so only one
+processes a manifest; a claim older than the lease is presumed dead and taken over.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from i2v.storage import Storage
+
+LEDGER_PREFIX = "_inbox/"
+DEFAULT_LEASE_HOURS = 6.0
+_JSON = "application/json"
+
+
+class LedgerEntry(BaseModel):
+    """What the inbox knows about one manifest name."""
+
+    name: str
+    manifest: str
+    sha256: str
+    status: Literal["claimed", "done"]
+    flow_run_id: str
+    claimed_at: str
+    dest: str
+    finished_at: str | None = None
+    run_id: str | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+    spent_usd: float = 0.0
+    results_uri: str | None = None
+    # Earlier contents processed under this name, newest last (bounded).
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Decision(StrEnum):
+    CLAIM = "claim"
+    DONE = "done"  # this content was processed already
+    CLAIMED = "claimed"  # another live run holds it
+
+
+def decide(
+    entry: LedgerEntry | None,
+    sha256: str,
+    me: str,
+    *,
+    now: datetime,
+    lease: timedelta,
+) -> Decision:
+    """What a tick does with a manifest whose content hashes to `sha256`."""
+    if entry is None or entry.sha256 != sha256:
+        return Decision.CLAIM
+    if entry.status == "done":
+        return Decision.DONE
+    if entry.flow_run_id == me:  # this very run, retried by Prefect
+        return Decision.CLAIM
+    claimed = datetime.fromisoformat(entry.claimed_at.replace("Z", "+00:00"))
+    return Decision.CLAIM if now - claimed > lease else Decision.CLAIMED
+
+
+class Ledger:
+    """One JSON object per manifest name, written with the storage's compare-and-swap.
+
+    An S3-compatible store that ignores conditional PUTs degrades to last-writer-wins.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @staticmethod
+    def key(name: str) -> str:
+        return f"{LEDGER_PREFIX}{name}.json"
+
+    def get(self, name: str) -> tuple[LedgerEntry | None, str | None]:
+        """The entry and a token for `replace` (None when there is no entry)."""
+        raw, token = self.storage.read_versioned(self.key(name))
+        if raw is None:
+            return None, None
+        try:
+            return LedgerEntry.model_validate(json.loads(raw)), token
+        except ValueError:  # a damaged entry: treat as absent but keep the CAS token
+            return None, token
+
+    def create(self, name: str, entry: LedgerEntry) -> bool:
+        """Write `entry` only if no entry exists; False when another run got there first."""
+        created = self.storage.write_if_absent(self.key(name), _dump(entry), content_type=_JSON)
+        return created is not None
+
+    def replace(self, name: str, entry: LedgerEntry, token: str | None) -> bool:
+        """Write `entry` only if the object is still the one read with `token`."""
+        written = self.storage.replace_if(self.key(name), _dump(entry), token, content_type=_JSON)
+        return written is not None
+
+    def put(self, name: str, entry: LedgerEntry) -> None:
+        self.storage.write_bytes(self.key(name), _dump(entry), content_type=_JSON)
+
+    def release(self, name: str, me: str) -> None:
+        """Remove this run's claim so the next tick retries the manifest."""
+        entry, token = self.get(name)
+        if entry is None or entry.flow_run_id != me or entry.status != "claimed":
+            return
+        if entry.history:  # keep what earlier contents produced
+            last = entry.history[-1]
+            restored = entry.model_copy(update={**last, "history": entry.history[:-1]})
+            self.replace(name, restored, token)
+        else:
+            self.storage.delete(self.key(name))
+
+
+def _dump(entry: LedgerEntry) -> bytes:
+    return json.dumps(entry.model_dump(), indent=1).encode()
+
+
+def carried_history(entry: LedgerEntry | None) -> list[dict[str, Any]]:
+    """The history a new claim carries: what earlier contents of this name produced
+    (a done entry is added to it, a claim's is kept as is)."""
+    if entry is None:
+        return []
+    if entry.status != "done":
+        return entry.history
+    keep = entry.model_dump(exclude={"history"})
+    return [*entry.history, keep][-10:]
+
+
+def list_manifests(inbox: Storage) -> list[str]:
+    """Names of the `*.csv` files directly under the inbox (subfolders hold pictures or
+    results, never manifests to pick up)."""
+    return [k for k in inbox.list("") if "/" not in k and k.lower().endswith(".csv")]
+
+
+def dest_for(dest_root: Storage, name: str) -> str:
+    """DEST for a manifest: <dest_root>/<file name without .csv>/."""
+    stem = PurePosixPath(name).stem or name
+    return dest_root.key_uri(f"{stem}/")

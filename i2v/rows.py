@@ -1,0 +1,150 @@
+"""From manifest rows to plans and jobs: check each picture, name each row, group rows
+that are the same paid input, and attach each input's durable record.
+
+Nothing here calls the API or pays: a bad row gets an error and never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from i2v._constants import is_safe_id
+from i2v.claims import Records
+from i2v.config import BatchOptions
+from i2v.errors import InputError
+from i2v.locations import read_location
+from i2v.manifest import Manifest, ManifestRow
+from i2v.media import MAX_IMAGE_BYTES, ImageInfo, check_image
+from i2v.models import build_inputs, get_model
+from i2v.run import Job, RowPlan
+from i2v.state import input_identity
+
+
+async def check_rows(
+    manifest: Manifest,
+    options: BatchOptions,
+    *,
+    s3_client: Any | None = None,
+    workers: int = 16,
+) -> list[RowPlan]:
+    """Read and check every row's picture; give each row its id and input identity.
+
+    Only digests are kept, never the picture bytes, so memory stays flat for big
+    manifests.
+    """
+    spec = get_model(str(options.model))
+    model_options = model_options_of(options)
+    gate = asyncio.Semaphore(workers)
+    # One read and decode per distinct picture, however many rows use it.
+    checked: dict[str, asyncio.Future[ImageInfo]] = {}
+
+    async def check_picture(row: ManifestRow) -> ImageInfo:
+        assert row.image_location is not None
+        pending = checked.get(row.image_location)
+        if pending is None:
+
+            async def read() -> ImageInfo:
+                async with gate:
+                    return await asyncio.to_thread(_read_and_check, row, s3_client)
+
+            pending = checked[row.image_location] = asyncio.ensure_future(read())
+        return await asyncio.shield(pending)
+
+    async def one(row: ManifestRow) -> RowPlan:
+        plan = RowPlan(row=row)
+        if row.error:
+            plan.error = row.error
+            return plan
+        try:
+            build_inputs(
+                spec, image="-", prompt=row.prompt, duration=row.duration, options=model_options
+            )
+            info = await check_picture(row)
+        except InputError as exc:
+            plan.error = str(exc)
+            return plan
+        plan.picture = info
+        plan.identity = input_identity(
+            picture_sha256=info.sha256,
+            prompt=row.prompt,
+            duration=row.duration if spec.durations else None,
+            model=spec.name,
+            options=model_options,
+        )
+        return plan
+
+    plans = list(await asyncio.gather(*(one(r) for r in manifest.rows)))
+    assign_row_ids(plans)
+    return plans
+
+
+def _read_and_check(row: ManifestRow, s3_client: Any | None) -> ImageInfo:
+    assert row.image_location is not None
+    data = read_location(row.image_location, s3_client=s3_client, max_bytes=MAX_IMAGE_BYTES)
+    return check_image(data, name=row.image)
+
+
+def model_options_of(options: BatchOptions) -> dict[str, Any]:
+    """The model options that are part of an input's identity and of the request body."""
+    spec = get_model(str(options.model))
+    out: dict[str, Any] = {}
+    if "enable_prompt_expansion" in spec.options:
+        out["enable_prompt_expansion"] = bool(options.enable_prompt_expansion)
+    return out
+
+
+def assign_row_ids(plans: Sequence[RowPlan]) -> None:
+    """Use the manifest's id, else a short content hash, else the CSV line number."""
+    taken: set[str] = {p.row.id for p in plans if p.row.id}
+    for plan in plans:
+        if plan.row.id:
+            plan.row_id = plan.row.id
+            if not is_safe_id(plan.row_id):
+                plan.error = plan.error or (
+                    f"id {plan.row_id!r} cannot name a file: no '/' or '\\', at most 200 chars"
+                )
+            continue
+        base = plan.identity[:12] if plan.identity else f"line-{plan.row.line}"
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}-{n}"
+        plan.row_id = candidate
+        taken.add(candidate)
+
+
+def group_jobs(plans: Sequence[RowPlan], options: BatchOptions) -> list[Job]:
+    """One job per distinct identity, in manifest order; duplicates ride along."""
+    jobs: dict[str, Job] = {}
+    model_options = model_options_of(options)
+    for plan in plans:
+        if plan.error or plan.identity is None or plan.picture is None:
+            continue
+        job = jobs.get(plan.identity)
+        if job is None:
+            assert plan.row.image_location is not None
+            jobs[plan.identity] = Job(
+                identity=plan.identity,
+                rows=[plan],
+                image_location=plan.row.image_location,
+                picture=plan.picture,
+                prompt=plan.row.prompt,
+                duration=plan.row.duration,
+                options=model_options,
+            )
+        else:
+            job.rows.append(plan)
+    return list(jobs.values())
+
+
+async def load_records(records: Records, jobs: Sequence[Job], workers: int = 32) -> None:
+    """Attach each job's durable record (one small read per input, in parallel)."""
+    gate = asyncio.Semaphore(workers)
+
+    async def one(job: Job) -> None:
+        async with gate:
+            job.record = await asyncio.to_thread(records.get, job.identity)
+
+    await asyncio.gather(*(one(j) for j in jobs))

@@ -1,0 +1,238 @@
+"""What one run works with: checked rows, distinct paid inputs (jobs), their outcomes,
+and the run's shared context (client, DEST, limits, budget, listeners, stop switch).
+
+Plain data and bookkeeping only: the row's life is `i2v.lifecycle.advance`, the steps
+that touch the world are in `i2v.steps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from i2v.claims import Records
+from i2v.client import AtlasClient
+from i2v.concurrency import AdaptiveLimiter, Budget
+from i2v.config import BatchOptions
+from i2v.errors import ConfigError, I2VError
+from i2v.manifest import ManifestRow
+from i2v.media import ImageInfo
+from i2v.models import get_model
+from i2v.polling import DurationEstimator, PollSchedule
+from i2v.state import InputRecord, StateStore
+from i2v.storage import Storage
+
+log = logging.getLogger("i2v.run")
+
+
+class RowStatus(StrEnum):
+    """A row's status in the results table (the contract's six values)."""
+
+    LANDED = "landed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    NOT_SUBMITTED = "not_submitted"
+    AMBIGUOUS = "ambiguous"
+
+
+class StopReason(StrEnum):
+    BALANCE = "balance"  # the account is empty: stop submitting, the rest stays resumable
+    AUTH = "auth"  # 401/403/451 or a block page: nothing will work
+    MODEL = "model"  # the model is unknown
+    SIGNAL = "signal"  # SIGINT / SIGTERM / a cancelled flow run: wind down, keep every id
+
+
+class RunAborted(I2VError):
+    """The run cannot go on (bad key, unknown model, blocked): exit 2 in the CLI."""
+
+
+class NotSubmitted(I2VError):
+    """This input was not sent: budget, balance or a stopped run. Resumable."""
+
+
+class Rejected(I2VError):
+    """The provider refused the request body (400): the input is at fault."""
+
+
+@dataclass
+class RowPlan:
+    """One manifest row after its picture was read and checked."""
+
+    row: ManifestRow
+    row_id: str = ""
+    identity: str | None = None
+    picture: ImageInfo | None = None
+    error: str | None = None
+
+    @property
+    def video_key(self) -> str:
+        return f"videos/{self.row_id}.mp4"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one input ended in this run (decided by `i2v.lifecycle.outcome_of` only)."""
+
+    status: RowStatus
+    error: str | None = None
+    error_code: str | None = None
+    record: InputRecord | None = None
+    paid_usd: float = 0.0  # spent by THIS run on this input
+
+
+@dataclass
+class Job:
+    """One distinct paid input; several manifest rows may share it.
+
+    `record` is the durable record as this run found it; `outcome` is set once, when the
+    row's life in this run is over.
+    """
+
+    identity: str
+    rows: list[RowPlan]
+    image_location: str
+    picture: ImageInfo
+    prompt: str
+    duration: int | None
+    options: dict[str, Any]
+    record: InputRecord | None = None
+    outcome: JobOutcome | None = None
+
+    @property
+    def primary(self) -> RowPlan:
+        return self.rows[0]
+
+    @property
+    def name(self) -> str:
+        return self.primary.row_id
+
+
+@dataclass
+class RunStats:
+    submissions: int = 0
+    uploads: int = 0
+    polls: int = 0
+    downloads: int = 0
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+
+Listener = Callable[[str, "Job", "JobOutcome | None"], None]
+ProviderSlot = Callable[[], AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def no_slot() -> AsyncIterator[None]:
+    yield
+
+
+class RunContext:
+    """Everything the steps of one run share; complete when constructed.
+
+    `client` is None only for a run that calls no API (a dry run, or nothing to do).
+    `limiter` is passed in because the client reports 429s to it; `records` because the
+    rows' records were read (and their versions remembered) before the run started.
+    """
+
+    def __init__(
+        self,
+        *,
+        options: BatchOptions,
+        dest: Storage,
+        run_id: str,
+        client: AtlasClient | None = None,
+        limiter: AdaptiveLimiter | None = None,
+        s3_client: Any | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        listeners: Sequence[Listener] = (),
+        provider_slot: ProviderSlot = no_slot,
+        records: Records | None = None,
+        catalog_price_usd: float | None = None,
+        simulated: bool = False,
+    ) -> None:
+        self.options = options
+        self.model = str(options.model)
+        self.spec = get_model(self.model)
+        self.dest = dest
+        self.records = records or Records(StateStore(dest))
+        self.run_id = run_id
+        self._client = client
+        self.s3_client = s3_client
+        self.log: logging.Logger | logging.LoggerAdapter[Any] = logger or log
+        self.estimator = DurationEstimator(initial_s=options.expected_duration_s)
+        self.schedule = PollSchedule(
+            estimator=self.estimator, min_interval_s=options.poll_interval_s
+        )
+        self.limiter = limiter or AdaptiveLimiter(options.concurrency)
+        self.budget = Budget(options.budget_usd)
+        self.upload_gate = asyncio.Semaphore(max(4, min(32, options.concurrency)))
+        self.land_gate = asyncio.Semaphore(max(4, min(16, options.concurrency)))
+        self.prefetch = asyncio.Semaphore(options.concurrency * 2)
+        self.uploads: dict[str, asyncio.Future[str]] = {}
+        self.listeners = tuple(listeners)
+        self.provider_slot = provider_slot
+        self.simulated = simulated  # the provider is our simulator: spend is not real
+        # The provider's own price when its catalog lists one: budgets use the higher.
+        self.catalog_price_usd = catalog_price_usd
+        self.stop_reason: StopReason | None = None
+        self.stop_message: str | None = None
+        # Set by a stop signal: polls give up their wait (the ids are kept), nothing new starts.
+        self.winding_down = asyncio.Event()
+        self.stats = RunStats()
+
+    @property
+    def client(self) -> AtlasClient:
+        if self._client is None:
+            raise ConfigError("this run has no API client (dry run?)")
+        return self._client
+
+    def stop(self, reason: StopReason, message: str) -> None:
+        """Stop submitting (the first reason wins); rows already paid keep their ids."""
+        if self.stop_reason is None:
+            self.stop_reason, self.stop_message = reason, message
+            self.log.warning("stopping submissions: %s", message)
+        if reason is StopReason.SIGNAL:
+            self.winding_down.set()
+
+    def emit(self, event: str, job: Job, outcome: JobOutcome | None = None) -> None:
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):  # a progress display must never sink a row
+                listener(event, job, outcome)
+
+
+class RunControl:
+    """What a caller hands a run from outside: progress listeners and a stop switch.
+
+    The CLI builds one per command; the flow attaches each run context it makes, so a
+    signal that arrives before the context exists still stops the run once it does.
+    """
+
+    def __init__(self, listeners: Sequence[Listener] = ()) -> None:
+        self.listeners = tuple(listeners)
+        self.signal: str | None = None  # e.g. "SIGTERM", once one asked the run to stop
+        self._contexts: list[RunContext] = []
+
+    def attach(self, ctx: RunContext) -> None:
+        self._contexts.append(ctx)
+        if self.signal is not None:
+            self._stop(ctx)
+
+    def request_stop(self, signal_name: str) -> None:
+        """Stop submitting at once; let POSTs on the wire finish; keep every id."""
+        self.signal = self.signal or signal_name
+        for ctx in self._contexts:
+            self._stop(ctx)
+
+    def _stop(self, ctx: RunContext) -> None:
+        ctx.stop(
+            StopReason.SIGNAL,
+            f"stopped by {self.signal}: not submitted; rerun to go on (paid rows are polled, "
+            "not paid again)",
+        )

@@ -1,0 +1,156 @@
+"""Fan-out without Prefect: split a manifest into shards and merge their tables.
+
+Rows with the same input identity always go to the same shard, so shards never race
+for an input; the merged table is in manifest order, and rows of a shard that left no
+table come back as not_submitted with the shard's fate as the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from i2v.errors import ConfigError
+from i2v.results import COLUMNS, DTYPES, RunSummary, result_rows
+from i2v.run import RowPlan, RowStatus
+from i2v.storage import Storage
+
+STATS = ("submissions", "uploads", "polls", "downloads")
+
+
+class ShardReport(BaseModel):
+    """One shard's flow run and what it did."""
+
+    index: int
+    rows: int
+    first_line: int | None = None
+    last_line: int | None = None
+    flow_run_id: str
+    flow_run_name: str
+    state: str = "Unknown"
+    message: str | None = None
+    run_id: str | None = None  # the shard's i2v run id (its DEST/runs/<run-id>/ folder)
+    counts: dict[str, int] = Field(default_factory=dict)
+    spent_usd: float = 0.0
+    stats: dict[str, int] = Field(default_factory=dict)  # submissions, uploads, polls, ...
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    """How one shard's flow run ended, as the orchestrator reported it."""
+
+    flow_run_id: str
+    name: str
+    state: str
+    message: str | None = None
+
+
+def plan_shards(plans: Sequence[RowPlan], shard_size: int) -> list[list[int]]:
+    """Manifest line numbers per shard, in manifest order, at most `shard_size` rows each.
+
+    Rows with the same input identity form one group that is never split (two shards
+    holding the same input could both pay for it); a group bigger than `shard_size`
+    becomes a shard of its own. Rows rejected by the checks are single-row groups.
+    """
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be at least 1, not {shard_size}")
+    groups: dict[str, list[int]] = {}
+    for plan in plans:
+        key = plan.identity if plan.identity and not plan.error else f"line:{plan.row.line}"
+        groups.setdefault(key, []).append(plan.row.line)
+    shards: list[list[int]] = []
+    current: list[int] = []
+    for lines in groups.values():  # dicts keep first-seen (manifest) order
+        if current and len(current) + len(lines) > shard_size:
+            shards.append(current)
+            current = []
+        current.extend(lines)
+    if current:
+        shards.append(current)
+    return [sorted(s) for s in shards]
+
+
+def merge_shards(
+    storage: Storage,
+    plans: Sequence[RowPlan],
+    shards: list[list[int]],
+    runs: Sequence[ShardRun],
+    model: str,
+    extra_columns: Sequence[str],
+) -> tuple[pd.DataFrame, list[ShardReport]]:
+    """One table in manifest order from the shards' run tables; rows of a shard that left
+    no table come back as not_submitted with the shard's fate as the error."""
+    by_line = {p.row.line: p for p in plans}
+    run_dirs = sorted({k.split("/")[1] for k in storage.list("runs/") if k.count("/") >= 2})
+    frames: list[pd.DataFrame] = []
+    reports: list[ShardReport] = []
+    for i, (lines, run) in enumerate(zip(shards, runs, strict=True), 1):
+        state = run.state
+        report = ShardReport(
+            index=i,
+            rows=len(lines),
+            first_line=lines[0],
+            last_line=lines[-1],
+            flow_run_id=run.flow_run_id,
+            flow_run_name=run.name,
+            state=state,
+            message=run.message or None,
+        )
+        wanted = set(lines)
+        found = _shard_table(storage, run_dirs, run.flow_run_id, wanted)
+        table = found[1] if found else None
+        if found is not None and table is not None:
+            report.run_id = found[0]
+            table = table[table["line"].isin(wanted)]
+            raw = storage.read_bytes(f"runs/{found[0]}/summary.json")
+            if raw:
+                shard_summary = RunSummary.model_validate(json.loads(raw))
+                report.spent_usd = shard_summary.spent_usd
+                report.counts = {k: v for k, v in shard_summary.counts.items() if v}
+                report.stats = {k: int(getattr(shard_summary, k)) for k in STATS}
+            frames.append(table)
+        covered = set(table["line"].dropna().astype(int)) if table is not None else set()
+        missing = [by_line[n] for n in lines if n not in covered and n in by_line]
+        if missing:
+            why = (
+                f"shard {i}/{len(shards)} (flow run {run.name}) ended {state}"
+                + (f": {report.message}" if report.message else "")
+                + " without a result for this row; it was not processed. Rerun the fan-out: "
+                "inputs already paid for are not paid again"
+            )
+            lost = result_rows(missing, [], model=model, dest=storage, extra_columns=extra_columns)
+            lost.loc[lost["status"] == str(RowStatus.NOT_SUBMITTED), "error"] = why
+            frames.append(lost)
+        reports.append(report)
+    columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+    if frames:
+        frame = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
+    else:
+        frame = result_rows([], [], model=model, dest=storage, extra_columns=extra_columns)
+    frame = frame.sort_values("line", kind="stable").reset_index(drop=True)
+    for col in columns:
+        frame[col] = frame[col].astype(DTYPES.get(col, "string"))  # type: ignore[call-overload]
+    return frame, reports
+
+
+def _shard_table(
+    storage: Storage, run_dirs: list[str], flow_run_id: str, lines: set[int]
+) -> tuple[str, pd.DataFrame] | None:
+    """The shard's run folder and table: named <UTC stamp>-<flow run id[:8]>, newest
+    first (a retried shard writes one per attempt), and holding only this shard's lines
+    (a guard should two flow run ids ever share their first 8 characters)."""
+    suffix = f"-{flow_run_id[:8]}"
+    for run_dir in reversed([d for d in run_dirs if d.endswith(suffix)]):
+        raw = storage.read_bytes(f"runs/{run_dir}/results.parquet")
+        if raw is None:
+            continue
+        table = pd.read_parquet(io.BytesIO(raw))
+        got = set(table["line"].dropna().astype(int))
+        if got and got <= lines:
+            return run_dir, table
+    return None

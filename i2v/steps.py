@@ -1,0 +1,420 @@
+"""The four steps of a row's life, as plain async functions: upload, generate, poll, land.
+
+Each takes the run context, the job and the record it starts from, and returns the new
+record (already durable when it matters); none changes the job or anything else the
+caller holds. `i2v.lifecycle.advance` decides which step runs next; the flow layer runs
+them as micro-batched Prefect tasks, tests call `DirectSteps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from i2v.config import BatchOptions
+from i2v.errors import (
+    AmbiguousSubmissionError,
+    AtlasError,
+    AuthError,
+    BadRequestError,
+    BlockedError,
+    InputError,
+    InsufficientBalanceError,
+    ModelNotFoundError,
+    OutputError,
+    PredictionFailedError,
+    PredictionNotFoundError,
+    PredictionTimeoutError,
+    RateLimitedError,
+    RegionBlockedError,
+    StorageError,
+)
+from i2v.locations import presign_location, read_location
+from i2v.media import MAX_IMAGE_BYTES, check_mp4_file
+from i2v.models import build_inputs, get_model
+from i2v.run import Job, NotSubmitted, Rejected, RunAborted, RunContext, StopReason
+from i2v.state import HOST, NO_OUTPUT, PURGED, InputRecord, Phase, age_s, utcnow
+
+# ------------------------------------------------------------------------------ upload
+
+
+async def upload(ctx: RunContext, job: Job) -> str:
+    """The URL the provider reads the picture from: as given, presigned, or uploaded."""
+    location = job.image_location
+    if location.startswith("https://"):
+        return location
+    if location.startswith("s3://") and ctx.options.s3_pictures == "presign":
+        return await asyncio.to_thread(presign_location, location, s3_client=ctx.s3_client)
+    if location.startswith("http://"):  # loopback only: the manifest refused the rest
+        return location
+    # Rows with different prompts often share a picture: upload each picture once per
+    # run, and let concurrent jobs wait for the same upload.
+    pending = ctx.uploads.get(job.picture.sha256)
+    if pending is None:
+        pending = asyncio.ensure_future(_upload_once(ctx, job))
+        ctx.uploads[job.picture.sha256] = pending
+    try:
+        return await asyncio.shield(pending)
+    except BaseException:
+        if pending.done() and ctx.uploads.get(job.picture.sha256) is pending:
+            del ctx.uploads[job.picture.sha256]  # a failed upload may be retried
+        raise
+
+
+async def _upload_once(ctx: RunContext, job: Job) -> str:
+    location = job.image_location
+    async with ctx.upload_gate:
+        data = await asyncio.to_thread(
+            read_location, location, s3_client=ctx.s3_client, max_bytes=MAX_IMAGE_BYTES
+        )
+        # The bytes were decoded and checked when the rows were read; a matching digest
+        # proves these are the same checked bytes, and never uploads anything else.
+        if hashlib.sha256(data).hexdigest() != job.picture.sha256:
+            raise InputError(f"{job.primary.row.image} changed while the run was going on")
+        uploaded = await ctx.client.upload_media(
+            data, filename=Path(location).name or "picture", content_type=job.picture.content_type
+        )
+        ctx.stats.uploads += 1
+        return uploaded.download_url
+
+
+# ---------------------------------------------------------------------------- generate
+
+
+async def generate(
+    ctx: RunContext, job: Job, record: InputRecord | None, image_url: str
+) -> InputRecord:
+    """Pay for one prediction: claim the input, POST, record the id right after.
+
+    Returns this run's SUBMITTED (or AMBIGUOUS) record, or, when another run holds the
+    input's claim, that run's current record (nothing paid here). Raises NotSubmitted
+    (resumable), Rejected (the body was refused) or RunAborted.
+    """
+    if ctx.stop_reason is not None:
+        raise NotSubmitted(ctx.stop_message or "submissions stopped")
+    cost = price_of(ctx, job)
+    if not ctx.budget.reserve(cost):
+        raise NotSubmitted(
+            f"not submitted: the budget of ${ctx.options.budget_usd:.2f} would be exceeded "
+            f"(spent ${ctx.budget.spent_usd:.2f}, next video ${cost:.2f}); raise --budget-usd "
+            "and rerun"
+        )
+    inputs = build_inputs(
+        ctx.spec, image=image_url, prompt=job.prompt, duration=job.duration, options=job.options
+    )
+    base = record or InputRecord(
+        identity=job.identity,
+        model=ctx.model,
+        picture_sha256=job.picture.sha256,
+        prompt=job.prompt,
+        duration=job.duration,
+        phase=Phase.SUBMITTING,
+    )
+    intent = base.moved(
+        Phase.SUBMITTING,
+        ctx.run_id,
+        attempts=base.attempts + 1,
+        submit_started_at=utcnow(),
+        owner_run=ctx.run_id,
+        owner_host=HOST,
+        owner_pid=os.getpid(),
+        prediction_id=None,
+        output_url=None,
+        error=None,
+        error_code=None,
+    )
+    try:
+        # Write-ahead and atomic: no POST unless this run alone holds the input's claim.
+        other = await asyncio.to_thread(ctx.records.claim, intent)
+    except BaseException:
+        ctx.budget.release(cost)
+        raise
+    if other is not None:
+        ctx.budget.release(cost)
+        ctx.log.info("%s: another run holds this input (%s); following it", job.name, other.phase)
+        return other
+    try:
+        prediction = await ctx.client.generate_video(ctx.model, inputs)
+    except AmbiguousSubmissionError as exc:
+        ctx.budget.commit(cost)  # a paid job may exist
+        lost = intent.moved(
+            Phase.AMBIGUOUS, ctx.run_id, cost_usd=cost, error=ambiguous_message(str(exc))
+        )
+        return await put(ctx, lost)
+    except (InsufficientBalanceError, AuthError, BlockedError, RegionBlockedError) as exc:
+        await _withdraw(ctx, intent, record, cost)
+        if isinstance(exc, InsufficientBalanceError):
+            ctx.stop(
+                StopReason.BALANCE,
+                f"not submitted: Atlas Cloud says the balance is insufficient ({exc.message}); "
+                "top up and rerun: rows already paid for will not be paid again",
+            )
+            raise NotSubmitted(ctx.stop_message or "") from None
+        ctx.stop(StopReason.AUTH, auth_message(exc))
+        raise RunAborted(ctx.stop_message or str(exc)) from None
+    except ModelNotFoundError as exc:
+        await _withdraw(ctx, intent, record, cost)
+        ctx.stop(StopReason.MODEL, f"model {ctx.model!r} is unknown to Atlas Cloud ({exc})")
+        raise RunAborted(ctx.stop_message or str(exc)) from None
+    except (BadRequestError, RateLimitedError) as exc:
+        await _withdraw(ctx, intent, record, cost)
+        if isinstance(exc, BadRequestError):
+            raise Rejected(f"the provider refused the request: {exc}") from None
+        raise NotSubmitted(f"not submitted: rate limited by Atlas Cloud ({exc}); rerun") from None
+    ctx.budget.commit(cost)
+    ctx.limiter.on_success()
+    ctx.stats.submissions += 1
+    submitted = intent.moved(
+        Phase.SUBMITTED,
+        ctx.run_id,
+        prediction_id=prediction.id,
+        submitted_at=utcnow(),
+        cost_usd=cost,
+    )
+    # The id is the only way back to a paid job: log it before trying to persist it.
+    ctx.log.info("%s: submitted as prediction %s", job.name, prediction.id)
+    return await put(ctx, submitted)
+
+
+def price_of(ctx: RunContext, job: Job) -> float:
+    """What one video of this job costs, for the budget: never less than the catalog.
+
+    The catalog lists one price per model, for its default duration; other durations
+    keep the configured ratio to it (a 10 s clip at twice the 6 s price).
+    """
+    return price_for(ctx.options, job.duration, ctx.catalog_price_usd)
+
+
+def price_for(options: BatchOptions, duration: int | None, catalog_usd: float | None) -> float:
+    configured = options.price(duration)
+    if not catalog_usd:
+        return configured
+    base = options.price(get_model(str(options.model)).default_duration)
+    return max(configured, catalog_usd * (configured / base if base else 1.0))
+
+
+def auth_message(exc: AtlasError) -> str:
+    if isinstance(exc, BlockedError):
+        return str(exc)
+    return (
+        f"Atlas Cloud refused the API key (HTTP {exc.status_code}): check ATLASCLOUD_API_KEY"
+        " (or the Secret block named in the config)"
+    )
+
+
+def ambiguous_message(detail: str) -> str:
+    return (
+        f"the submission's answer was lost ({detail}); a paid job may exist. Not resubmitted: "
+        "check the Atlas Cloud console, then rerun with --resubmit-ambiguous to pay again"
+    )
+
+
+async def _withdraw(
+    ctx: RunContext, intent: InputRecord, before: InputRecord | None, cost: float
+) -> None:
+    """The POST provably created no job: give back the budget and the claim."""
+    ctx.budget.release(cost)
+    await asyncio.to_thread(ctx.records.withdraw, intent, before)
+
+
+async def put(ctx: RunContext, record: InputRecord, attempts: int = 5) -> InputRecord:
+    """Persist `record` (compare-and-swap); returns what DEST now holds for the input."""
+    for attempt in range(attempts):
+        try:
+            return await asyncio.to_thread(ctx.records.put, record)
+        except StorageError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -------------------------------------------------------------------------------- poll
+
+
+async def poll(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
+    """Poll a known prediction to a terminal state; the record says how it ended.
+
+    A stop signal ends the wait early: the id is kept and the next run polls again.
+    """
+    assert record.prediction_id is not None
+    pid = record.prediction_id
+    polls = 0
+
+    def count(_: Any) -> None:
+        nonlocal polls
+        polls += 1
+
+    waited = asyncio.ensure_future(
+        ctx.client.wait_for_prediction(
+            pid,
+            deadline_s=ctx.options.timeout_s,
+            schedule=ctx.schedule,
+            submitted_monotonic=time.monotonic() - age_s(record.submitted_at),
+            on_poll=count,
+        )
+    )
+    stopped = asyncio.ensure_future(ctx.winding_down.wait())
+    try:
+        await asyncio.wait({waited, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not waited.done():
+            waited.cancel()
+            with contextlib.suppress(BaseException):
+                await waited
+    ctx.stats.polls += polls
+    if waited.cancelled():
+        new = record.moved(
+            Phase.TIMED_OUT,
+            ctx.run_id,
+            error=f"the run was stopped before prediction {pid} finished; it stays paid and "
+            "the next run polls it again instead of paying again",
+        )
+    else:
+        new = _polled(ctx, record, pid, waited)
+    ctx.log.debug("%s: %d polls for %s", job.name, polls, pid)
+    if new.phase is Phase.SUCCEEDED:
+        # Persisted by `land` (as landed) or `remember_output` if landing fails: until
+        # then the durable record says "submitted", which a rerun resumes by polling,
+        # for free. One write fewer per row on the hot path.
+        return new
+    return await put(ctx, new)
+
+
+def _polled(
+    ctx: RunContext, record: InputRecord, pid: str, waited: asyncio.Future[Any]
+) -> InputRecord:
+    """The record after a finished wait, from its result or its exception."""
+    exc = waited.exception()
+    if exc is None:
+        prediction = waited.result()
+        return record.moved(
+            Phase.SUCCEEDED,
+            ctx.run_id,
+            output_url=prediction.output_url,
+            predict_time_s=prediction.predict_time_s,
+            completed_at=prediction.completed_at or utcnow(),
+            error=None,
+            error_code=None,
+        )
+    if isinstance(exc, PredictionFailedError):
+        return record.moved(
+            Phase.FAILED,
+            ctx.run_id,
+            error=exc.error or exc.message,
+            error_code=exc.error_code,
+            completed_at=utcnow(),
+        )
+    if isinstance(exc, OutputError):  # done at the provider, but no video to fetch
+        return record.moved(
+            Phase.FAILED,
+            ctx.run_id,
+            error=f"{exc.message}; it is paid: the next run polls prediction {pid} again "
+            "instead of paying again",
+            error_code=NO_OUTPUT,
+        )
+    if isinstance(exc, PredictionNotFoundError):
+        return record.moved(
+            Phase.FAILED,
+            ctx.run_id,
+            error=f"prediction {pid} was paid for but the provider no longer knows it "
+            f"(purged after its retention: {exc.message}); not resubmitted: look it up in "
+            "the Atlas Cloud console",
+            error_code=PURGED,
+        )
+    if isinstance(exc, PredictionTimeoutError):
+        return record.moved(
+            Phase.TIMED_OUT,
+            ctx.run_id,
+            error=f"prediction {pid} not done after {ctx.options.timeout_s:g} s; it stays "
+            "paid and the next run polls it again instead of paying again",
+        )
+    if isinstance(exc, AuthError | BlockedError | RegionBlockedError):
+        ctx.stop(StopReason.AUTH, f"{auth_message(exc)} (while polling)")
+    detail = str(exc) if isinstance(exc, AtlasError) else f"{type(exc).__name__}: {exc}"
+    return record.moved(
+        Phase.TIMED_OUT,
+        ctx.run_id,
+        error=f"could not poll prediction {pid} ({detail}); the next run polls it again",
+    )
+
+
+# -------------------------------------------------------------------------------- land
+
+
+async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
+    """Stream the video into DEST via a staged file, check it, record it as landed."""
+    if not record.output_url:
+        raise OutputError(f"prediction {record.prediction_id} finished without an output URL")
+    key = job.primary.video_key
+    async with ctx.land_gate:
+        staging = await asyncio.to_thread(ctx.dest.staging_dir)
+        # Named after the input, so a landing killed half-way leaves a part file that
+        # the next attempt overwrites instead of an orphan.
+        tmp = staging / f"{job.identity[:32]}.mp4.part"
+        try:
+            with open(tmp, "wb") as sink:  # noqa: ASYNC230 - local staging file, no network
+                result = await ctx.client.download_output(record.output_url, sink)
+            ctx.stats.downloads += 1
+            await asyncio.to_thread(check_mp4_file, tmp)
+            await asyncio.to_thread(ctx.dest.put_file, key, tmp, content_type="video/mp4")
+        finally:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+    landed = record.moved(
+        Phase.LANDED,
+        ctx.run_id,
+        video_key=key,
+        video_sha256=result.sha256,
+        video_bytes=result.bytes,
+        error=None,
+        error_code=None,
+    )
+    return await put(ctx, landed)
+
+
+async def remember_output(ctx: RunContext, record: InputRecord) -> None:
+    """Landing failed: keep the output URL so the next run lands without polling."""
+    with contextlib.suppress(StorageError):
+        await put(ctx, record, attempts=1)
+
+
+async def place_copies(ctx: RunContext, job: Job, record: InputRecord) -> None:
+    """Give every row of a landed input its own `videos/<id>.mp4` (copies, no payment)."""
+    assert record.video_key is not None
+    for plan in job.rows:
+        if plan.video_key == record.video_key:
+            continue
+        exists = await asyncio.to_thread(ctx.dest.exists, plan.video_key)
+        if not exists:
+            await asyncio.to_thread(ctx.dest.copy, record.video_key, plan.video_key)
+
+
+async def video_present(ctx: RunContext, record: InputRecord) -> bool:
+    return bool(record.video_key) and await asyncio.to_thread(
+        ctx.dest.exists, str(record.video_key)
+    )
+
+
+class DirectSteps:
+    """The steps called directly, one row at a time (tests, scripts)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    async def upload(self, job: Job) -> str:
+        return await upload(self.ctx, job)
+
+    async def generate(self, job: Job, record: InputRecord | None, image_url: str) -> InputRecord:
+        return await generate(self.ctx, job, record, image_url)
+
+    async def poll(self, job: Job, record: InputRecord) -> InputRecord:
+        return await poll(self.ctx, job, record)
+
+    async def land(self, job: Job, record: InputRecord) -> InputRecord:
+        return await land(self.ctx, job, record)
