@@ -179,11 +179,26 @@ async def _batch(
         )
         control.attach(ctx)
         steps = PrefectSteps(ctx)
-        await asyncio.gather(*(run_job(ctx, steps, job) for job in jobs))
+        rows = asyncio.gather(*(run_job(ctx, steps, job) for job in jobs))
+        try:
+            await asyncio.shield(rows)
+        except asyncio.CancelledError:
+            # Cancelled (a flow run cancelled from the UI or by its worker): the same
+            # wind-down as a stop signal, then the table, then the cancellation.
+            control.request_stop("cancellation")
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(rows), _wind_down_s(options))
+            await publish_run(ctx, opened, jobs, source, started, publish=write_table)
+            raise
     summary = await publish_run(ctx, opened, jobs, source, started, publish=write_table)
     if ctx.stop_reason in (StopReason.AUTH, StopReason.MODEL):
         raise RunAborted(ctx.stop_message or "run aborted")
     return summary
+
+
+def _wind_down_s(options: BatchOptions) -> float:
+    """How long a stopped run waits for its rows: POSTs on the wire get their answers."""
+    return options.api.generate_timeout_s + 5.0
 
 
 def _log_prices(logger: Any, options: BatchOptions, catalog_usd: float | None) -> None:

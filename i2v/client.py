@@ -31,6 +31,7 @@ from i2v.errors import (
     AtlasAPIError,
     AtlasError,
     BadRequestError,
+    BlockedError,
     ConfigError,
     ModelNotFoundError,
     NotFoundError,
@@ -38,7 +39,7 @@ from i2v.errors import (
 )
 from i2v.parsing import (
     is_known_status,
-    model_names,
+    model_catalog,
     parse_prediction,
     parse_upload,
     server_message,
@@ -140,31 +141,39 @@ class AtlasClient:
 
     async def list_models(self) -> list[str]:
         """Names of the models Atlas Cloud offers (`GET /api/v1/models`, no auth)."""
+        return list(await self.model_catalog())
+
+    async def model_catalog(self) -> dict[str, float | None]:
+        """The models Atlas Cloud offers, each with its listed price (USD per run)."""
         body, request_id = await self._session.call(
             "GET", "/api/v1/models", what="list models", auth=False
         )
-        names = model_names(body)
-        if not names and not isinstance(body, Mapping | list):
+        catalog = model_catalog(body)
+        if not catalog and not isinstance(body, Mapping | list):
             raise AtlasAPIError(
                 "model list answer is not a JSON object or list",
                 status_code=200,
                 request_id=request_id,
             )
-        return names
+        return catalog
 
-    async def check_model(self, model: str) -> None:
-        """Raise `ModelNotFoundError` if the model list is readable and lacks `model`.
+    async def check_model(self, model: str) -> float | None:
+        """Raise `ModelNotFoundError` if the model list is readable and lacks `model`;
+        return the model's listed price, if the list has one.
 
         If the list cannot be read (or comes back empty), return silently: the generate
-        call will tell.
+        call will tell. A Cloudflare block (`BlockedError`) is raised: nothing will work.
         """
         try:
-            names = await self.list_models()
+            catalog = await self.model_catalog()
+        except BlockedError:
+            raise
         except AtlasError as exc:
             logger.warning("could not read the model list, not checking %r: %s", model, exc)
-            return
+            return None
+        names = list(catalog)
         if not names or model in names:
-            return
+            return catalog.get(model)
         close = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelNotFoundError(f"model {model!r} is not offered by Atlas Cloud{hint}")
@@ -207,7 +216,7 @@ class AtlasClient:
                 json={"model": model, **inputs},
             )
         except NotFoundError as exc:
-            detail = server_message(exc.body, "") or "no message"
+            detail = server_message(exc.body, "") or exc.message
             raise ModelNotFoundError(
                 f"model {model!r} is not offered by Atlas Cloud ({detail}); check the model name",
                 status_code=exc.status_code,
@@ -257,7 +266,7 @@ class AtlasClient:
                     status=PredictionStatus.NOT_VISIBLE,
                     request_id=exc.request_id,
                 )
-            detail = server_message(exc.body, "") or "no message"
+            detail = server_message(exc.body, "") or exc.message
             when = f"{age_s:.0f} s after its submission" if age_s is not None else "any more"
             raise PredictionNotFoundError(
                 f"prediction {prediction_id} is not known to Atlas Cloud {when} ({detail}): "

@@ -27,7 +27,16 @@ ModelName = Literal[
 assert set(get_args(ModelName)) == set(MODELS), "ModelName must list exactly i2v.models.MODELS"
 assert get_args(ModelName)[0] == DEFAULT_MODEL
 
-DEFAULT_PRICES_USD: dict[str, float] = {name: 0.28 for name in MODELS}
+# $0.28 per run is the model page's price; the 10 s price is not published and peers
+# charge twice the 6 s price for it, so a budget never undercounts a 10 s clip.
+DEFAULT_PRICES_USD: dict[str, float] = {
+    **{name: 0.28 for name in MODELS},
+    **{
+        f"{name}:10": 0.56
+        for name, spec in MODELS.items()
+        if spec.durations and 10 in spec.durations
+    },
+}
 
 
 class ApiSettings(BaseModel):

@@ -140,6 +140,8 @@ async def _walk(ctx: RunContext, job: Job, steps: Steps, walk: _Walk) -> JobOutc
             # Upload ahead of the in-flight slot so a slot is only held while the
             # provider works; the prefetch bound keeps upload URLs from going stale.
             async with ctx.prefetch:
+                if ctx.stop_reason is not None:  # stopped while this row queued
+                    raise NotSubmitted(ctx.stop_message or "submissions stopped")
                 image_url = await steps.upload(job)
                 async with ctx.limiter.slot(), ctx.provider_slot():
                     walk.record = new = await steps.generate(job, record, image_url)

@@ -167,22 +167,38 @@ def parse_upload(payload: Mapping[str, Any]) -> UploadedMedia:
 
 def model_names(payload: object) -> list[str]:
     """Model names from a /models answer: a list of names or of objects naming one."""
+    return list(model_catalog(payload))
+
+
+def model_catalog(payload: object) -> dict[str, float | None]:
+    """Model name -> its listed price in USD per run (None when it lists none)."""
     data: object = payload
     if isinstance(payload, Mapping):
         data = payload.get("data", payload.get("models", []))
         if isinstance(data, Mapping):
             data = data.get("models", data.get("items", []))
-    names: list[str] = []
+    catalog: dict[str, float | None] = {}
     if isinstance(data, list):
         for entry in data:
             if isinstance(entry, str):
-                names.append(entry)
+                catalog[entry] = None
             elif isinstance(entry, Mapping):
                 for key in ("model", "id", "name", "model_name"):
                     if isinstance(entry.get(key), str):
-                        names.append(entry[key])
+                        catalog[entry[key]] = _price(entry.get("price"))
                         break
-    return names
+    return catalog
+
+
+def _price(value: object) -> float | None:
+    """A price as the catalog writes it: a number, or an object holding one."""
+    if isinstance(value, Mapping):
+        for key in ("actual", "price", "amount", "usd", "value", "base"):
+            if key in value:
+                return _price(value[key])
+        return None
+    number = _opt_float(value.strip("$ ") if isinstance(value, str) else value)
+    return number if number is not None and number > 0 else None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ Two rules, because the two kinds of call differ in what a retry can cost:
   only when the failure proves the server never created a job: a 429, or a connection
   that failed before the request was sent. Anything after sending (a read timeout, a
   reset, a 5xx) is ambiguous and is never retried blindly.
+
+`NOT_SENT_EXCEPTIONS` is the one list of failures that prove no job was created, and
+`classify_status` names the error an error answer means.
 """
 
 from __future__ import annotations

@@ -151,8 +151,9 @@ async def generate(
         if isinstance(exc, InsufficientBalanceError):
             ctx.stop(
                 StopReason.BALANCE,
-                f"not submitted: Atlas Cloud says the balance is insufficient ({exc.message}); "
-                "top up and rerun: rows already paid for will not be paid again",
+                "not submitted: Atlas Cloud says the balance is insufficient "
+                f"(HTTP {exc.status_code}); top up and rerun: rows already paid for will not "
+                "be paid again",
             )
             raise NotSubmitted(ctx.stop_message or "") from None
         ctx.stop(StopReason.AUTH, auth_message(exc))

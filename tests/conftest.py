@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,22 +12,13 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
+from tests.helpers import EXAMPLES, TEST_API_KEY, free_port
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # Never let a test reach a real provider by accident.
 os.environ["ATLASCLOUD_BASE_URL"] = "http://127.0.0.1:9"
-os.environ["ATLASCLOUD_API_KEY"] = "sk-test-NEVER-LOG-THIS-3f9a"
-
-TEST_API_KEY = os.environ["ATLASCLOUD_API_KEY"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+os.environ["ATLASCLOUD_API_KEY"] = TEST_API_KEY
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tasks.artifacts import (
     make_contact_sheet,
     publish_contact_sheet,
 )
-from tests.conftest import EXAMPLES
+from tests.helpers import EXAMPLES
 
 pytestmark = [pytest.mark.timeout(180)]
 

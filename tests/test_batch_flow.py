@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from i2v.config import BatchOptions, load_options
 from i2v.media import is_mp4_header
 from i2v.results import COLUMNS
 from i2v.state import InputRecord, Phase, StateStore
 from i2v.storage import open_storage
+from tests.helpers import options_for, run_batch, write_manifest
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(300)]
 
@@ -43,38 +43,6 @@ CONTRACT_COLUMNS = [
     "submitted_at",
     "completed_at",
 ]
-
-
-def options_for(sim: Any, **overrides: Any) -> BatchOptions:
-    """Options pointing at an external simulator (so tests can turn its knobs)."""
-    api = {"simulator": False, "base_url": sim.url, **overrides.pop("api", {})}
-    base: dict[str, Any] = {
-        "concurrency": 8,
-        "poll_interval_s": 0.05,
-        "expected_duration_s": 0.3,
-        "timeout_s": 30,
-        "global_concurrency_limit": None,
-    }
-    base.update(overrides)
-    return load_options(None, api=api, **base)
-
-
-def write_manifest(folder: Path, rows: list[dict[str, Any]], name: str = "manifest.csv") -> Path:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    path = folder / name
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def run_batch(source: str | Path, dest: str | Path, options: BatchOptions) -> Any:
-    from flows.batch import i2v_batch
-
-    return asyncio.run(i2v_batch(str(source), str(dest), options))
 
 
 def stats(sim: Any) -> dict[str, Any]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,27 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app, run_async
-from tests.conftest import REPO, TEST_API_KEY
-from tests.test_batch_flow import write_manifest
+from tests.helpers import TEST_API_KEY, sim_config, start_cli, state_phases, write_manifest
 
 runner = CliRunner()
-
-
-def sim_config(tmp_path: Path, sim: Any, **extra: Any) -> Path:
-    """A YAML config pointing the CLI at an external simulator."""
-    lines = [
-        "poll_interval_s: 0.05",
-        "expected_duration_s: 0.3",
-        "timeout_s: 60",
-        "global_concurrency_limit: null",
-        *[f"{k}: {json.dumps(v)}" for k, v in extra.items()],
-        "api:",
-        "  simulator: false",
-        f"  base_url: {sim.url}",
-    ]
-    path = tmp_path / "sim.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_help_documents_every_option() -> None:
@@ -124,30 +104,6 @@ def test_exit_codes_and_messages(
     assert sum(simulator.stats.responses_by_status.values()) == before, "no request without a key"
 
 
-def start_cli(
-    args: list[str], env: dict[str, str], *, merge_stderr: bool = False
-) -> subprocess.Popen[bytes]:
-    """`python -m cli.main ARGS` in its own session (so kill -9 takes its whole group)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-        start_new_session=True,
-    )
-
-
-def _phases(dest: Path) -> list[str]:
-    out = []
-    for p in (dest / "_state").glob("*.json"):
-        try:
-            out.append(json.loads(p.read_text())["phase"])
-        except (ValueError, KeyError, OSError):
-            out.append("partial")
-    return out
-
-
 @pytest.mark.timeout(240)
 def test_kill_9_while_polling_then_rerun_lands_all_without_paying_twice(
     make_simulator: Any, pictures: Path, tmp_path: Path
@@ -168,7 +124,7 @@ def test_kill_9_while_polling_then_rerun_lands_all_without_paying_twice(
     proc = start_cli(args, env, merge_stderr=True)
     deadline = time.monotonic() + 120
     # Every input has its prediction id recorded: no POST is on the wire, all are paid.
-    while _phases(dest).count("submitted") < 6:
+    while state_phases(dest).count("submitted") < 6:
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         assert time.monotonic() < deadline, "batch never got all rows submitted"
         time.sleep(0.05)

@@ -41,7 +41,7 @@ from i2v.retry import RetryPolicy
 from i2v.session import Timeouts
 from i2v.sync_client import SyncAtlasClient
 from i2v.types import Prediction, PredictionStatus
-from tests.conftest import EXAMPLES, TEST_API_KEY
+from tests.helpers import EXAMPLES, TEST_API_KEY
 
 FAST_RETRY = RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.05)
 PICTURE = (EXAMPLES / "coffee.png").read_bytes()
@@ -231,12 +231,14 @@ async def test_cloudflare_block_names_the_user_agent_and_how_to_change_it(
         assert client.user_agent == DEFAULT_USER_AGENT
         with pytest.raises(BlockedError) as err:
             await client.upload_media(PICTURE, filename="c.png", content_type="image/png")
+        with pytest.raises(BlockedError):
+            await client.check_model(DEFAULT_MODEL)  # not silent: nothing would work
     assert not isinstance(err.value, AuthError) and err.value.status_code == 403
     text = str(err.value)
     assert "blocked by Cloudflare" in text and "error code 1010" in text
     assert "not a bad API key" in text and repr(DEFAULT_USER_AGENT) in text
     assert "ATLASCLOUD_USER_AGENT" in text and "api.user_agent" in text
-    assert sim.stats.responses_by_status == {403: 1}  # not retried
+    assert sim.stats.responses_by_status == {403: 2}  # not retried
     # Another User-Agent, from the argument or the environment, gets through.
     async with make_client(sim, user_agent="Mozilla/5.0 (compatible; studio)") as client:
         assert (await submit(client)).id

@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 
 from i2v.models import MODELS
-from tests.conftest import EXAMPLES, REPO, TEST_API_KEY, free_port
+from tests.helpers import EXAMPLES, REPO, TEST_API_KEY, free_port
 
 pytestmark = [pytest.mark.timeout(420)]
 
@@ -453,9 +453,9 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
 
     from flows.fanout import _merge
     from i2v.config import BatchOptions
+    from i2v.results import result_rows, write_tables
     from i2v.rows import group_jobs
     from i2v.run import JobOutcome, RowStatus
-    from i2v.results import result_rows, write_tables
     from i2v.storage import open_storage
 
     plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5)]

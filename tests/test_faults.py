@@ -11,11 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import functools
-import json
 import os
-import signal
-import subprocess
-import threading
 import time
 import traceback
 import uuid
@@ -29,10 +25,23 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
 from i2v.media import is_mp4_header, video_facts
-from tests.test_batch_flow import options_for, run_batch, write_manifest
-from tests.test_cli import _phases, sim_config, start_cli
+from tests.helpers import (
+    assert_money_rules,
+    cli_run,
+    kill_when,
+    options_for,
+    requests_seen,
+    run_batch,
+    sim_config,
+    start_cli,
+    state_phases,
+    state_records,
+    subprocess_env,
+    table,
+    when,
+    write_manifest,
+)
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(240)]
 
@@ -40,99 +49,6 @@ runner = CliRunner()
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def table(dest: Path) -> pd.DataFrame:
-    return pd.read_parquet(dest / "results.parquet")
-
-
-def requests_seen(sim: Any) -> int:
-    return sum(sim.stats.responses_by_status.values())
-
-
-def assert_money_rules(sim: Any, dest: Path, *, resubmits: int = 0) -> None:
-    """Nothing paid twice, nothing lost.
-
-    Paid twice: no input got more jobs than 1 + the resubmits the user asked for.
-    Lost: every job the provider created is landed (its video in DEST) or recorded
-    resumable in DEST/_state (polled or landed by the next run, or failed at the
-    provider); a job whose id we never learned is covered by an ambiguous record,
-    unless the user resubmitted it (`resubmits`).
-    """
-    per_input = sim.stats.submissions_per_input
-    assert max(per_input.values(), default=0) <= 1 + resubmits, per_input
-    assert sum(per_input.values()) - len(per_input) == resubmits, per_input
-    records = [json.loads(p.read_text()) for p in (dest / "_state").glob("*.json")]
-    by_prediction = {r["prediction_id"]: r for r in records if r.get("prediction_id")}
-    unknown = 0
-    for job_id in list(sim.simulator.jobs):
-        record = by_prediction.get(job_id)
-        if record is None:
-            unknown += 1
-            continue
-        if record["phase"] == "landed":
-            assert (dest / record["video_key"]).is_file(), record
-        else:
-            assert record["phase"] in ("submitted", "succeeded", "timed_out", "failed"), record
-            if record["phase"] == "succeeded":
-                assert record["output_url"], record
-    held = sum(1 for r in records if r["phase"] in ("submitting", "ambiguous"))
-    assert unknown <= held + resubmits, f"{unknown} paid jobs have no record in {dest}/_state"
-
-
-def cli_run(manifest: Path, dest: Path, config: Path, *extra: str) -> Any:
-    """The real `i2v run` command, in-process (the session's Prefect test server)."""
-    args = ["run", str(manifest), "--dest", str(dest), "--config", str(config), *extra]
-    return runner.invoke(app, args, env={"COLUMNS": "200"})
-
-
-def when(cond: Callable[[], bool], action: Callable[[], None], timeout_s: float = 90) -> None:
-    """Run `action` in a background thread as soon as `cond()` holds."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.002)
-        action()
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def subprocess_env(tmp_path: Path, api_key: str) -> dict[str, str]:
-    """Env for an `i2v` subprocess: the session's Prefect test server (starting an
-    ephemeral one costs ~15 s on two cores), its own PREFECT_HOME under tmp_path."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        ATLASCLOUD_API_KEY=api_key,
-        PREFECT_API_URL=str(PREFECT_API_URL.value()),
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-    )
-    return env
-
-
-def kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], what: str) -> None:
-    """kill -9 the CLI's whole process group as soon as `cond()` holds."""
-    deadline = time.monotonic() + 120
-    while not cond():
-        if proc.poll() is not None:
-            out, errs = proc.communicate()
-            pytest.fail(f"the CLI ended before {what}:\n{out.decode()}\n{errs.decode()}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-
-
-def state_records(dest: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in (dest / "_state").glob("*.json")]
 
 
 # -------------------------------------------------------------------- provider trouble
@@ -319,7 +235,7 @@ def test_kill_9_while_submission_answer_hangs_then_ambiguous_until_resubmit_aske
     )
     kill_when(
         proc,
-        lambda: _phases(dest) == ["submitting"] and sim.stats.jobs_created == 1,
+        lambda: state_phases(dest) == ["submitting"] and sim.stats.jobs_created == 1,
         "the POST to hang with the job created",
     )
     sim.config.generate_delay_s = 0.0

@@ -21,8 +21,8 @@ from flows.inbox import InboxFailed, InboxReport, i2v_inbox
 from i2v.config import BatchOptions
 from i2v.ledger import Decision, Ledger, LedgerEntry, carried_history, decide, dest_for
 from i2v.storage import open_storage
-from tests.conftest import EXAMPLES
-from tests.test_batch_flow import options_for as batch_options_for
+from tests.helpers import EXAMPLES
+from tests.helpers import options_for as batch_options_for
 
 PICTURES = ("astronaut.png", "coffee.png", "rocket.jpg")
 

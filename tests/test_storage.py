@@ -22,7 +22,7 @@ from i2v.localfs import LOCK_NAME, TMP_SUFFIX, folder_lock
 from i2v.locations import presign_location, read_location
 from i2v.s3 import BIG_TRANSFERS_AT_ONCE, MiB, default_s3_client, make_s3_client, split_s3_uri
 from i2v.storage import LocalStorage, S3Storage, Storage, open_storage
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def exact(message: str) -> str:

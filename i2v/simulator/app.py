@@ -3,6 +3,10 @@
 Same paths, JSON shapes and statuses as the real API (see ATLAS_API.md), plus `/_sim/*`
 endpoints for media, outputs, stats and live configuration. Job state is computed from
 the clock when asked: no background loop, so a thousand idle jobs cost nothing.
+
+What it accepts is `inputs`, the pictures it holds `media`, its answers `pages`, its
+video streams `outputs`, its counters `stats`; the knobs (`config`) also make it answer
+as untidily as the real service can (HTML pages, purged ids, other status names).
 """
 
 from __future__ import annotations
@@ -359,6 +363,11 @@ class Simulator:
                     "type": "video",
                     "input": "image" if spec.needs_image else "text",
                     "durations": list(spec.durations) if spec.durations else None,
+                    **(
+                        {"price": {"actual": self.config.catalog_prices[name], "unit": "run"}}
+                        if name in self.config.catalog_prices
+                        else {}
+                    ),
                 }
             )
         return ok(entries)

@@ -48,6 +48,8 @@ class SimulatorConfig:
     # Status names reported instead of the simulator's own (processing, completed,
     # failed), e.g. {"processing": "pending", "completed": "succeeded"}.
     status_aliases: dict[str, str] = field(default_factory=dict)
+    # The models listing's price per model (USD per run); absent models list no price.
+    catalog_prices: dict[str, float] = field(default_factory=dict)
     seed: int | None = None  # RNG seed for the probabilities
 
     def update(self, changes: Mapping[str, Any]) -> None:
