@@ -202,7 +202,9 @@ def _wind_down_s(options: BatchOptions) -> float:
 
 
 def _log_prices(logger: Any, options: BatchOptions, catalog_usd: float | None) -> None:
-    configured = options.price(get_model(str(options.model)).default_duration)
+    default = get_model(str(options.model)).default_duration
+    configured = options.price(default)
+    budgeted = options.price(default, catalog_usd=catalog_usd)
     if catalog_usd is None:
         logger.info("price: $%.2f per video as configured (the catalog lists none)", configured)
         return
@@ -210,7 +212,7 @@ def _log_prices(logger: Any, options: BatchOptions, catalog_usd: float | None) -
         "price: the catalog says $%.2f per video, configured $%.2f: budgeting with $%.2f",
         catalog_usd,
         configured,
-        max(catalog_usd, configured),
+        budgeted,
     )
 
 

@@ -7,6 +7,8 @@ import re
 
 from i2v import __version__
 
+MiB = 1024 * 1024
+
 DEFAULT_BASE_URL = "https://api.atlascloud.ai"
 API_KEY_ENV = "ATLASCLOUD_API_KEY"
 BASE_URL_ENV = "ATLASCLOUD_BASE_URL"

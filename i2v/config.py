@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from i2v.errors import ConfigError
-from i2v.models import DEFAULT_MODEL, MODELS
+from i2v.models import DEFAULT_MODEL, MODELS, get_model
 
 # Spelled out (not built from MODELS) so type checkers and the Prefect form see an enum.
 ModelName = Literal[
@@ -121,8 +121,20 @@ class BatchOptions(BaseModel):
     )
     api: ApiSettings = Field(default_factory=ApiSettings)
 
-    def price(self, duration: int | None) -> float:
-        """Price of one video of this run's model at `duration`."""
+    def price(self, duration: int | None, *, catalog_usd: float | None = None) -> float:
+        """Price of one video of this run's model at `duration`, for the budget.
+
+        Never less than the provider's catalog: it lists one price per model, for its
+        default duration, and other durations keep the configured ratio to it (a 10 s
+        clip at twice the 6 s price).
+        """
+        configured = self._configured_price(duration)
+        if not catalog_usd:
+            return configured
+        base = self._configured_price(get_model(str(self.model)).default_duration)
+        return max(configured, catalog_usd * (configured / base if base else 1.0))
+
+    def _configured_price(self, duration: int | None) -> float:
         model = str(self.model)
         for key in (f"{model}:{duration}", model):
             if key in self.prices_usd:

@@ -30,7 +30,7 @@ from i2v.run import (
     RunContext,
 )
 from i2v.state import Action, InputRecord, Phase, age_s, next_action
-from i2v.steps import ambiguous_message, place_copies, price_for, remember_output, video_present
+from i2v.steps import ambiguous_message, place_copies, remember_output, video_present
 
 # How long a finished row lets queued submissions go first before it lands.
 LAND_YIELD_S = 0.5
@@ -296,5 +296,5 @@ def dry_run_counts(
         action = action_for(ctx, job.record)
         counts[str(action)] = counts.get(str(action), 0) + len(job.rows)
         if action is Action.SUBMIT:
-            estimate += price_for(ctx.options, job.duration, ctx.catalog_price_usd)
+            estimate += ctx.options.price(job.duration, catalog_usd=ctx.catalog_price_usd)
     return counts, round(estimate, 4)

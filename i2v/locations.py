@@ -15,10 +15,10 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from i2v._constants import MiB
 from i2v.errors import ConfigError, InputError, StorageError
 from i2v.s3 import (
     S3_ERRORS,
-    MiB,
     default_s3_client,
     s3_error_code,
     s3_storage_error,

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from i2v._constants import MAX_ID_CHARS, is_loopback, is_safe_id
+from i2v._constants import MAX_ID_CHARS, is_safe_id
 from i2v.errors import ConfigError, ManifestError
 from i2v.models import ModelSpec
+from i2v.resolve import SCHEME, LocalResolver, Resolver, S3Resolver, scheme_refused, show
 from i2v.s3 import (
     S3_ERRORS,
     default_s3_client,
@@ -42,7 +43,6 @@ from i2v.s3 import (
 
 KNOWN_COLUMNS = ("image", "prompt", "duration", "id")
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class _Rules:
+class Rules:
     spec: ModelSpec
     default_prompt: str
     default_duration: int | None
@@ -104,7 +104,7 @@ def read_manifest(
     Raises ManifestError when the manifest cannot be used at all, ConfigError when the
     defaults do not fit the model.
     """
-    rules = _Rules(
+    rules = Rules(
         spec=spec,
         default_prompt=default_prompt.strip(),
         default_duration=default_duration,
@@ -116,7 +116,7 @@ def read_manifest(
     text = str(source).strip()
     if not text:
         raise ManifestError("no manifest given: use a CSV path, s3://bucket/key.csv or a prefix")
-    match = _SCHEME.match(text)
+    match = SCHEME.match(text)
     scheme = match.group(1).lower() if match else ""
     if scheme == "s3":
         if not text[5:].partition("/")[0]:
@@ -135,7 +135,7 @@ def read_manifest(
     return _read_local_csv(Path(text), rules)
 
 
-def _check_defaults(rules: _Rules) -> None:
+def _check_defaults(rules: Rules) -> None:
     spec = rules.spec
     default = rules.default_duration
     if default is not None and spec.durations is not None and default not in spec.durations:
@@ -153,7 +153,7 @@ def _check_defaults(rules: _Rules) -> None:
 # ------------------------------------------------------------------------------ sources
 
 
-def _read_local_csv(path: Path, rules: _Rules) -> Manifest:
+def _read_local_csv(path: Path, rules: Rules) -> Manifest:
     path = path.expanduser().absolute()
     try:
         data = path.read_bytes()
@@ -167,11 +167,11 @@ def _read_local_csv(path: Path, rules: _Rules) -> Manifest:
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
     base = os.path.realpath(path.parent)
-    resolver = _LocalResolver(base, rules)
+    resolver = LocalResolver(base, rules)
     return _build(str(path), base, data, resolver, rules)
 
 
-def _read_s3_csv(uri: str, client: Any, rules: _Rules) -> Manifest:
+def _read_s3_csv(uri: str, client: Any, rules: Rules) -> Manifest:
     bucket, key = split_s3_uri(uri)
     try:
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -186,11 +186,11 @@ def _read_s3_csv(uri: str, client: Any, rules: _Rules) -> Manifest:
         raise ManifestError(f"cannot read manifest {uri}: {s3_error_detail(exc, bucket)}") from exc
     folder = posixpath.dirname(key)
     base = f"s3://{bucket}/{folder}" if folder else f"s3://{bucket}"
-    resolver = _S3Resolver(bucket, folder, rules)
+    resolver = S3Resolver(bucket, folder, rules)
     return _build(uri, base, bytes(data), resolver, rules)
 
 
-def _read_s3_prefix(uri: str, client: Any, rules: _Rules) -> Manifest:
+def _read_s3_prefix(uri: str, client: Any, rules: Rules) -> Manifest:
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix.strip("/")
     listed = f"{prefix}/" if prefix else ""  # a folder: "pics" must not match "pics2/"
@@ -222,7 +222,7 @@ def _read_s3_prefix(uri: str, client: Any, rules: _Rules) -> Manifest:
 
     duration, duration_error = _parse_duration("", rules)
     prompt_error = _check_prompt(rules.default_prompt, rules)
-    scheme_error = None if "s3" in rules.allowed_schemes else _scheme_refused("s3", rules)
+    scheme_error = None if "s3" in rules.allowed_schemes else scheme_refused("s3", rules)
     taken: set[str] = set()
     rows: list[ManifestRow] = []
     for n, key in enumerate(keys, start=1):
@@ -313,7 +313,7 @@ def _check_header(source: str, header: list[str], rows: list[tuple[int, list[str
         seen[name] = i
 
 
-def _build(source: str, base: str, data: bytes, resolver: _Resolver, rules: _Rules) -> Manifest:
+def _build(source: str, base: str, data: bytes, resolver: Resolver, rules: Rules) -> Manifest:
     header, records = _parse(source, data)
     _check_header(source, header, records)
     names = [h for h in header if h]
@@ -378,7 +378,7 @@ def _choices(values: tuple[int, ...]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _parse_duration(raw: str, rules: _Rules) -> tuple[int | None, str | None]:
+def _parse_duration(raw: str, rules: Rules) -> tuple[int | None, str | None]:
     spec = rules.spec
     text = raw.strip()
     if spec.durations is None:
@@ -401,7 +401,7 @@ def _parse_duration(raw: str, rules: _Rules) -> tuple[int | None, str | None]:
     return None, f"duration {shown} is not allowed for {spec.name}; {use}"
 
 
-def _check_prompt(prompt: str, rules: _Rules) -> str | None:
+def _check_prompt(prompt: str, rules: Rules) -> str | None:
     spec = rules.spec
     if len(prompt) > spec.max_prompt_chars:
         return (
@@ -418,7 +418,7 @@ def _check_id(row_id: str | None, line: int, first_line_of: dict[str, int]) -> s
         return None
     if not is_safe_id(row_id):
         return (
-            f"id {_show(row_id)} cannot name a file: no '/', '\\' or control characters, "
+            f"id {show(row_id)} cannot name a file: no '/', '\\' or control characters, "
             f"at most {MAX_ID_CHARS} characters"
         )
     folded = row_id.lower()
@@ -426,144 +426,3 @@ def _check_id(row_id: str | None, line: int, first_line_of: dict[str, int]) -> s
         return f"duplicate id {row_id!r} (first used on line {first_line_of[folded]})"
     first_line_of[folded] = line
     return None
-
-
-def _show(value: str, limit: int = 120) -> str:
-    """A value quoted for a message, cut short so a pasted data: URI cannot flood it."""
-    return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
-def _scheme_refused(scheme: str, rules: _Rules) -> str:
-    allowed = [f"{s}://" for s in rules.allowed_schemes if s != "file"]
-    if "file" in rules.allowed_schemes:
-        allowed.append("a path relative to the manifest")
-    return f"image location scheme {scheme!r} is not allowed here; use {' or '.join(allowed)}"
-
-
-class _Resolver:
-    """Turns an image cell into a location, or a message saying why it cannot."""
-
-    def __init__(self, rules: _Rules) -> None:
-        self.rules = rules
-        # Rows often share a picture; resolving (realpath + stat) once each keeps a
-        # 100k-row manifest fast.
-        self._seen: dict[str, tuple[str | None, str | None]] = {}
-
-    def resolve(self, image: str) -> tuple[str | None, str | None]:
-        if image not in self._seen:
-            self._seen[image] = self._resolve(image)
-        return self._seen[image]
-
-    def _resolve(self, image: str) -> tuple[str | None, str | None]:
-        match = _SCHEME.match(image)
-        if match is None and image.lower().startswith("data:"):
-            return None, "image is a data: URI; give a path, https:// or s3:// location"
-        scheme = match.group(1).lower() if match else ""
-        if scheme == "":
-            return self.relative(image)
-        if scheme == "file":
-            if "file" not in self.rules.allowed_schemes:
-                return None, _scheme_refused("file", self.rules)
-            parts = urlsplit(image)
-            if parts.netloc not in ("", "localhost"):
-                return None, f"image URI {_show(image)} names another host; use a local path"
-            return self.local(Path(unquote(parts.path)), image)
-        if scheme == "s3":
-            if "s3" not in self.rules.allowed_schemes:
-                return None, _scheme_refused("s3", self.rules)
-            bucket, _, key = image[5:].partition("/")
-            if not bucket or not key or key.endswith("/"):
-                return None, f"image URI {_show(image)} does not name an object (s3://bucket/key)"
-            return image, None
-        if scheme in ("http", "https"):
-            return self.web(image, scheme)
-        return None, _scheme_refused(scheme, self.rules)
-
-    def web(self, image: str, scheme: str) -> tuple[str | None, str | None]:
-        try:
-            host = urlsplit(image).hostname
-        except ValueError:
-            return None, f"image URL {_show(image)} is not a valid URL"
-        if not host:
-            return None, f"image URL {_show(image)} has no host"
-        if scheme in self.rules.allowed_schemes:
-            return image, None
-        if scheme == "http":
-            if self.rules.allow_http_loopback and is_loopback(host):
-                return image, None  # test servers on this machine
-            return None, f"image URL {_show(image)} uses plain http; use https"
-        return None, _scheme_refused(scheme, self.rules)
-
-    def relative(self, image: str) -> tuple[str | None, str | None]:
-        raise NotImplementedError
-
-    def local(self, path: Path, image: str) -> tuple[str | None, str | None]:
-        raise NotImplementedError
-
-
-class _LocalResolver(_Resolver):
-    """Paths resolve against the CSV's folder and must stay inside it (symlinks too)."""
-
-    def __init__(self, base: str, rules: _Rules) -> None:
-        super().__init__(rules)
-        self.base = base
-
-    def relative(self, image: str) -> tuple[str | None, str | None]:
-        if "file" not in self.rules.allowed_schemes:
-            return None, "local image paths are not allowed here; use https:// or s3:// locations"
-        return self.local(Path(image), image)
-
-    def local(self, path: Path, image: str) -> tuple[str | None, str | None]:
-        joined = os.path.normpath(os.path.join(self.base, path))
-        real = os.path.realpath(joined)
-        if not self.rules.allow_outside_base and not _inside(real, self.base):
-            via = f" (it links to {real})" if _inside(joined, self.base) else ""
-            return None, (
-                f"image path {image} is outside the manifest's folder{via}; "
-                "set allow_outside_base in the config to allow it"
-            )
-        if not os.path.exists(real):
-            return None, f"image file not found: {real}"
-        if not os.path.isfile(real):
-            return None, f"image path is not a file: {real}"
-        return real, None
-
-
-def _inside(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
-
-
-class _S3Resolver(_Resolver):
-    """Relative paths in a CSV on S3 are keys next to the CSV."""
-
-    def __init__(self, bucket: str, folder: str, rules: _Rules) -> None:
-        super().__init__(rules)
-        self.bucket = bucket
-        self.folder = folder
-
-    def relative(self, image: str) -> tuple[str | None, str | None]:
-        if "s3" not in self.rules.allowed_schemes:
-            return None, _scheme_refused("s3", self.rules)
-        if image.startswith("/"):
-            return None, (
-                f"image path {image} is absolute; in a manifest on S3 use a path relative "
-                "to the manifest or an s3:// URI"
-            )
-        key = posixpath.normpath(posixpath.join(self.folder, image))
-        if key == ".." or key.startswith("../"):
-            return None, f"image path {image} goes above the top of bucket {self.bucket!r}"
-        inside = not self.folder or key.startswith(self.folder + "/")
-        if not inside and not self.rules.allow_outside_base:
-            return None, (
-                f"image path {image} is outside the manifest's folder; "
-                "set allow_outside_base in the config to allow it"
-            )
-        if image.endswith("/"):
-            return None, f"image path {image} is a folder, not a picture"
-        return f"s3://{self.bucket}/{key}", None
-
-    def local(self, path: Path, image: str) -> tuple[str | None, str | None]:
-        return None, (
-            f"image {_show(image)} is a local file but the manifest is on S3; "
-            "use a path relative to the manifest or an s3:// URI"
-        )

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from i2v.config import BatchOptions
 from i2v.errors import (
     AmbiguousSubmissionError,
     AtlasError,
@@ -36,7 +35,7 @@ from i2v.errors import (
 )
 from i2v.locations import presign_location, read_location
 from i2v.media import MAX_IMAGE_BYTES, check_mp4_file
-from i2v.models import build_inputs, get_model
+from i2v.models import build_inputs
 from i2v.run import Job, NotSubmitted, Rejected, RunAborted, RunContext, StopReason
 from i2v.state import HOST, NO_OUTPUT, PURGED, InputRecord, Phase, age_s, utcnow
 
@@ -97,7 +96,7 @@ async def generate(
     """
     if ctx.stop_reason is not None:
         raise NotSubmitted(ctx.stop_message or "submissions stopped")
-    cost = price_of(ctx, job)
+    cost = ctx.options.price(job.duration, catalog_usd=ctx.catalog_price_usd)
     if not ctx.budget.reserve(cost):
         raise NotSubmitted(
             f"not submitted: the budget of ${ctx.options.budget_usd:.2f} would be exceeded "
@@ -180,23 +179,6 @@ async def generate(
     # The id is the only way back to a paid job: log it before trying to persist it.
     ctx.log.info("%s: submitted as prediction %s", job.name, prediction.id)
     return await put(ctx, submitted)
-
-
-def price_of(ctx: RunContext, job: Job) -> float:
-    """What one video of this job costs, for the budget: never less than the catalog.
-
-    The catalog lists one price per model, for its default duration; other durations
-    keep the configured ratio to it (a 10 s clip at twice the 6 s price).
-    """
-    return price_for(ctx.options, job.duration, ctx.catalog_price_usd)
-
-
-def price_for(options: BatchOptions, duration: int | None, catalog_usd: float | None) -> float:
-    configured = options.price(duration)
-    if not catalog_usd:
-        return configured
-    base = options.price(get_model(str(options.model)).default_duration)
-    return max(configured, catalog_usd * (configured / base if base else 1.0))
 
 
 def auth_message(exc: AtlasError) -> str:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from i2v.storage import LocalStorage, S3Storage, Storage
+from i2v.s3 import S3Storage
+from i2v.storage import LocalStorage, Storage
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage

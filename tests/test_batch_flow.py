@@ -123,7 +123,9 @@ def test_mixed_batch_local_dest_then_rerun_pays_nothing(
     assert by_id.loc["b-dup", "status"] == "landed"
     assert by_id.loc["b-dup", "team"] == "blue, again"
     assert by_id.loc["b-dup", "prediction_id"] == by_id.loc["b", "prediction_id"]
-    assert by_id.loc["b-dup", "cost_usd"] == 0.0 and by_id.loc["b", "cost_usd"] == 0.28
+    assert (
+        by_id.loc["b-dup", "cost_usd"] == 0.0 and by_id.loc["b", "cost_usd"] == 0.56
+    )  # 10 s: twice the 6 s price
     for bad, words in {
         "missing": "not found",
         "text": "not",
@@ -325,7 +327,7 @@ def test_dry_run_calls_nothing_and_writes_nothing(
     summary = run_batch(manifest, dest, options_for(simulator, dry_run=True))
     assert summary.dry_run and summary.exit_code == 0
     assert summary.counts["rejected"] == 6
-    assert summary.estimated_usd == pytest.approx(3 * 0.28)
+    assert summary.estimated_usd == pytest.approx(2 * 0.28 + 0.56)  # one 10 s clip: twice
     assert sum(simulator.stats.responses_by_status.values()) == 0
     assert not (dest / "results.parquet").exists()
 

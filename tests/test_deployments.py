@@ -449,13 +449,11 @@ def test_plan_shards_keeps_duplicates_together() -> None:
 
 
 def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Path) -> None:
-    from prefect.client.schemas.objects import FlowRun, State, StateType
-
-    from flows.fanout import _merge
     from i2v.config import BatchOptions
     from i2v.results import result_rows, write_tables
     from i2v.rows import group_jobs
     from i2v.run import JobOutcome, RowStatus
+    from i2v.shards import ShardRun, merge_shards
     from i2v.storage import open_storage
 
     plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5)]
@@ -463,26 +461,22 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     for p in plans:
         p.picture = object()  # type: ignore[assignment]
     storage = open_storage(tmp_path / "dest")
-    ok = FlowRun(
-        id=uuid.uuid4(),
-        flow_id=uuid.uuid4(),
-        name="ok-shard",
-        state=State(type=StateType.COMPLETED),
-    )
-    dead = FlowRun(
-        id=uuid.UUID(str(ok.id)[:8] + str(uuid.uuid4())[8:]),  # same 8-char prefix
-        flow_id=uuid.uuid4(),
+    ok_id = str(uuid.uuid4())
+    ok = ShardRun(flow_run_id=ok_id, name="ok-shard", state="Completed")
+    dead = ShardRun(
+        flow_run_id=ok_id[:8] + str(uuid.uuid4())[8:],  # same 8-char prefix
         name="dead-shard",
-        state=State(type=StateType.CRASHED, name="Crashed", message="worker lost"),
+        state="Crashed",
+        message="worker lost",
     )
     # Shard 1 (lines 4, 5) finished and wrote its run table; shard 2 (2, 3) left none.
     jobs = group_jobs([plans[2], plans[3]], BatchOptions.model_validate({}))
     for job in jobs:
         job.outcome = JobOutcome(RowStatus.LANDED)
     table = result_rows([plans[2], plans[3]], jobs, model="m", dest=storage, extra_columns=[])
-    write_tables(storage, table, f"20260101T000000Z-{str(ok.id)[:8]}", publish=False)
+    write_tables(storage, table, f"20260101T000000Z-{ok_id[:8]}", publish=False)
 
-    frame, reports = _merge(storage, plans, [[4, 5], [2, 3]], [ok, dead], "m", [])
+    frame, reports = merge_shards(storage, plans, [[4, 5], [2, 3]], [ok, dead], "m", [])
     assert list(frame["line"]) == [2, 3, 4, 5]
     by_line = frame.set_index("line")
     assert list(by_line.loc[[4, 5], "status"]) == ["landed", "landed"]

@@ -17,11 +17,18 @@ import boto3
 import httpx
 import pytest
 
+from i2v._constants import MiB
 from i2v.errors import ConfigError, InputError, StorageError
 from i2v.localfs import LOCK_NAME, TMP_SUFFIX, folder_lock
 from i2v.locations import presign_location, read_location
-from i2v.s3 import BIG_TRANSFERS_AT_ONCE, MiB, default_s3_client, make_s3_client, split_s3_uri
-from i2v.storage import LocalStorage, S3Storage, Storage, open_storage
+from i2v.s3 import (
+    BIG_TRANSFERS_AT_ONCE,
+    S3Storage,
+    default_s3_client,
+    make_s3_client,
+    split_s3_uri,
+)
+from i2v.storage import LocalStorage, Storage, open_storage
 from tests.helpers import REPO
 
 
