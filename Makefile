@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check demo test lint typecheck fmt bench simulate clean
+.PHONY: install lock lock-check demo test test-fast lint typecheck fmt bench simulate clean
 
 $(UV_STAMP):
 	@echo "==> bootstrapping uv $(UV_VERSION) into $(TOOLS)/"
@@ -51,6 +51,10 @@ test: lock-check $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The quick loop: everything but the tests that start a real `prefect server`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not server"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

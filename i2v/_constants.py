@@ -39,3 +39,7 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# A URI's scheme ("s3", "https", "file"): one pattern for DEST, sources and pictures.
+SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

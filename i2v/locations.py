@@ -8,14 +8,13 @@ Calls block: the pipeline runs them in worker threads.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from i2v._constants import MiB
+from i2v._constants import SCHEME, MiB
 from i2v.errors import ConfigError, InputError, StorageError
 from i2v.s3 import (
     S3_ERRORS,
@@ -26,8 +25,6 @@ from i2v.s3 import (
 )
 
 HTTP_TIMEOUT_S = 60.0
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def _too_big(uri: str, max_bytes: int, size: int | None) -> InputError:
@@ -45,7 +42,7 @@ def read_location(uri: str, *, s3_client: Any | None = None, max_bytes: int | No
     4xx). Raises StorageError for trouble that is not the input's fault: S3 access or
     connection errors, HTTP 5xx, timeouts.
     """
-    match = _SCHEME.match(uri)
+    match = SCHEME.match(uri)
     scheme = match.group(1).lower() if match else ""
     if scheme == "s3":
         return _read_s3(uri, s3_client, max_bytes)

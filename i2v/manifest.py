@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from i2v._constants import MAX_ID_CHARS, is_safe_id
+from i2v._constants import MAX_ID_CHARS, SCHEME, is_safe_id
 from i2v.errors import ConfigError, ManifestError
 from i2v.models import ModelSpec
-from i2v.resolve import SCHEME, LocalResolver, Resolver, S3Resolver, scheme_refused, show
+from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused, show
 from i2v.s3 import (
     S3_ERRORS,
     default_s3_client,

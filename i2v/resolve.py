@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from i2v._constants import is_loopback
+from i2v._constants import SCHEME, is_loopback
 
 if TYPE_CHECKING:
     from i2v.manifest import Rules  # type only: i2v.manifest imports this module
-
-SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def show(value: str, limit: int = 120) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import shutil
 import stat
 from abc import ABC, abstractmethod
@@ -28,13 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from i2v._constants import MiB
+from i2v._constants import SCHEME, MiB
 from i2v.errors import ConfigError, StorageError
 from i2v.localfs import LOCK_NAME, TMP_SUFFIX, atomic_write, folder_lock, fsync_file
 
 STAGING_DIR = ".staging"
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -314,7 +311,7 @@ def open_storage(uri: str | Path, *, s3_client: Any | None = None) -> Storage:
     text = uri.strip()
     if not text:
         raise ConfigError("the destination is empty; give a folder or s3://bucket/prefix")
-    match = _SCHEME.match(text)
+    match = SCHEME.match(text)
     if match:
         scheme = match.group(1).lower()
         if scheme == "s3":

@@ -337,3 +337,37 @@ def test_a_higher_catalog_price_is_what_the_budget_counts(
     assert summary.submissions == 2 and summary.spent_usd == pytest.approx(1.0)
     assert summary.counts["not_submitted"] == 2
     assert "catalog says $0.50" in caplog.text and "configured $0.28" in caplog.text
+
+
+# ------------------------------------------------------------------------ landing
+
+
+def test_an_expired_output_url_fails_the_row_with_a_message_and_pays_nothing_more(
+    make_simulator: Any, pictures: Path, tmp_path: Path, fast_land_retries: None
+) -> None:
+    sim = make_simulator(latency_s=0.2, outputs_expired=True)
+    dest = tmp_path / "out"
+    summary = run_batch(write_manifest(pictures, rows(1)), dest, options_for(sim))
+    row = table(dest).iloc[0]
+    assert row["status"] == "failed" and "landing failed" in row["error"], row["error"]
+    assert "HTTP 403" in row["error"] and "without paying again" in row["error"]
+    assert summary.exit_code == 1 and sim.stats.jobs_created == 1
+    assert_money_rules(sim, dest)
+
+
+@pytest.mark.parametrize("knob", ["outputs_as_string", "top_level_id"])
+def test_the_alternative_envelopes_land(
+    make_simulator: Any, pictures: Path, tmp_path: Path, knob: str
+) -> None:
+    sim = make_simulator(latency_s=0.2, **{knob: True})
+    dest = tmp_path / "out"
+    summary = run_batch(write_manifest(pictures, rows(2)), dest, options_for(sim))
+    assert summary.counts["landed"] == 2, table(dest)["error"].tolist()
+    assert_money_rules(sim, dest)
+
+
+@pytest.fixture
+def fast_land_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import land as land_module
+
+    monkeypatch.setattr(land_module, "LAND_RETRY_DELAYS_S", (0.05, 0.05))

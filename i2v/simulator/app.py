@@ -386,6 +386,12 @@ class Simulator:
         job = self.jobs.get(request.path_params["id"])
         if job is None or job.no_output or job.status(time.monotonic()) != "completed":
             raise ApiError(404, "output not found")
+        if self.config.outputs_expired:  # a CDN's presigned URL past its expiry
+            return Response(
+                "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+                status_code=403,
+                media_type="application/xml",
+            )
         video = await anyio.to_thread.run_sync(
             partial(
                 cached_render,

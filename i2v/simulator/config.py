@@ -38,6 +38,7 @@ class SimulatorConfig:
     fps: int = 24
     pad_output_to_bytes: int = 0  # >0: pad each mp4 with a trailing 'free' box to this size
     download_failures: int = 0  # the next N output downloads are cut off mid-stream
+    outputs_expired: bool = False  # output URLs answer 403 "Request has expired"
     top_level_id: bool = False  # generate answers with a top-level "id", no "data"
     outputs_as_string: bool = False  # "outputs": "url" instead of ["url"]
     # The provider's untidy answers:
