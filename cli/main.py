@@ -7,6 +7,7 @@ Exit codes: 0 every row landed; 1 some rows did not; 2 usage, config or auth err
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from i2v.config import load_options
@@ -26,6 +27,9 @@ T = TypeVar("T")
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Plain click help: it wraps to the terminal and shows no type placeholders.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
     help="Turn a table of pictures and prompts into videos with Atlas Cloud (MiniMax Hailuo 2.3).",
 )
 err = Console(stderr=True)
@@ -37,57 +41,103 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        # ERROR: Prefect's own shutdown notes ("EventsWorker - Still processing items")
+        # are not the user's business; the run's warnings are in the UI and the summary.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "ERROR")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
 
 
-@app.command()
+# "\b" keeps click from rewrapping the example lines.
+RUN_EXAMPLES = """Examples:
+
+\b
+  i2v run examples/manifest.csv --dest out/demo --config configs/local.yaml
+  i2v run manifest.csv --dest s3://bucket/videos/run1 \\
+      --config configs/atlascloud.yaml --budget-usd 20
+  i2v run manifest.csv --dest out/x --config configs/atlascloud.yaml --dry-run
+
+Exit codes: 0 every row landed, 1 some rows did not, 2 usage or auth error (nothing
+paid), 130/143 stopped by SIGINT/SIGTERM (every prediction id recorded)."""
+
+
+class _PlainHelp(typer.core.TyperCommand):
+    """Help in plain words: arguments as `SOURCE`, not `{source}` and `<str>`."""
+
+    def _arguments(self, ctx: Any) -> list[Any]:
+        return [p for p in self.get_params(ctx) if p.param_type_name == "argument"]
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.options_metavar or "", *(str(p.name).upper() for p in self._arguments(ctx))]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        args = [(str(p.name).upper(), getattr(p, "help", "") or "") for p in self._arguments(ctx)]
+        opts = [
+            rv
+            for p in self.get_params(ctx)
+            if p.param_type_name == "option" and (rv := p.get_help_record(ctx)) is not None
+        ]
+        with formatter.section("Arguments"):
+            formatter.write_dl(args)
+        with formatter.section("Options"):
+            formatter.write_dl(opts)
+
+
+@app.command(cls=_PlainHelp, epilog=RUN_EXAMPLES)
 def run(
     source: Annotated[
-        str, typer.Argument(help="A CSV path, s3://bucket/key.csv, or an s3:// prefix of pictures.")
+        str,
+        typer.Argument(
+            help="A CSV path, s3://bucket/key.csv, or an s3:// prefix of pictures.",
+            show_default=False,
+        ),
     ],
-    dest: Annotated[str, typer.Option("--dest", help="A folder or s3://bucket/prefix.")],
+    dest: Annotated[
+        str, typer.Option("--dest", metavar="DEST", help="A folder or s3://bucket/prefix.")
+    ],
     config: Annotated[
         Path | None,
         typer.Option(
             "--config",
-            help="YAML options (configs/local.yaml: simulator; "
-            "configs/atlascloud.yaml: production).",
+            metavar="FILE",
+            help="YAML options: configs/local.yaml (simulator) or configs/atlascloud.yaml.",
         ),
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", min=1, help="Predictions in flight at once.")
+        int | None,
+        typer.Option("--concurrency", metavar="N", help="Predictions in flight at once."),
     ] = None,
     poll_interval: Annotated[
         float | None,
-        typer.Option("--poll-interval", min=0, help="Minimum seconds between polls of one job."),
+        typer.Option(
+            "--poll-interval", metavar="S", help="Least seconds between two polls of a job."
+        ),
     ] = None,
     timeout: Annotated[
         float | None,
         typer.Option(
             "--timeout",
-            min=0,
-            help="Per-prediction deadline in seconds (timed_out "
-            "rows keep their prediction id and are polled again next run).",
+            metavar="S",
+            help="Seconds per prediction; later ones are timed_out and polled next run.",
         ),
     ] = None,
     budget_usd: Annotated[
         float | None,
-        typer.Option("--budget-usd", min=0, help="Never submit work past this spend in this run."),
+        typer.Option("--budget-usd", metavar="X", help="Never submit past this spend (USD)."),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check every row and estimate the cost; no API call.")
+        bool, typer.Option("--dry-run", help="Check every row, estimate the cost; no API call.")
     ] = False,
     resubmit_ambiguous: Annotated[
         bool,
         typer.Option(
             "--resubmit-ambiguous",
-            help="Resubmit inputs whose earlier submission's "
-            "answer was lost. May pay twice for those inputs.",
+            help="Pay again for inputs whose answer was lost (may pay twice).",
         ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Prefect's logs and full tracebacks.")
+    ] = False,
 ) -> None:
     """Run SOURCE through the batch flow into DEST (videos/<id>.mp4, results.parquet/.csv)."""
     _quiet_prefect(verbose)
@@ -102,58 +152,86 @@ def run(
             resubmit_ambiguous=resubmit_ambiguous or None,
         )
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    code = _run_flow(source, dest, options)
+        raise typer.Exit(_usage_error(exc)) from None
+    code = _run_flow(source, dest, options, verbose=verbose)
     raise typer.Exit(code)
 
 
-def _run_flow(source: str, dest: str, options: Any) -> int:
-    # Imported here: `i2v simulate` and usage errors never pay for importing Prefect.
-    from flows.batch import i2v_batch
-    from flows.common import controlled
-    from i2v.run import Job, JobOutcome, RunAborted, RunControl
-
-    progress = Progress(
-        TextColumn("[bold]i2v"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal,
-    )
-    counts: dict[str, int] = {}
-    in_flight: set[str] = set()
-    spent = [0.0]
-    bar = progress.add_task("rows", total=None, detail="reading rows")
-
-    def listener(event: str, job: Job, outcome: JobOutcome | None) -> None:
-        if event == "submitted":
-            in_flight.add(job.identity)
-        elif event == "outcome" and outcome is not None:
-            in_flight.discard(job.identity)
-            spent[0] += outcome.paid_usd
-            counts[str(outcome.status)] = counts.get(str(outcome.status), 0) + len(job.rows)
-            progress.advance(bar, len(job.rows))
-        detail = " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        progress.update(bar, detail=f"{detail}  in flight {len(in_flight)}  ${spent[0]:.2f}")
+def _run_flow(source: str, dest: str, options: Any, *, verbose: bool) -> int:
+    from cli.checks import precheck
 
     try:
-        with progress, controlled(RunControl([listener])):
-            summary = run_async(i2v_batch(source, dest, options))
-    except (ConfigError, ManifestError, RunAborted) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        return 2
+        rows = precheck(source, dest, options)
+    except (ConfigError, ManifestError) as exc:
+        return _usage_error(exc)
     except StorageError as exc:
-        err.print(f"[red]storage error:[/red] {exc}")
-        return 2
+        return _usage_error(exc, "storage error")
+    # Imported only now: a usage error never waits for Prefect (or its temporary server).
+    from cli.progress import RunProgress
+    from flows.batch import i2v_batch
+    from flows.common import controlled
+    from i2v.run import RunAborted, RunControl
+
+    _hide_user_errors_from_prefect_console()
+    progress = RunProgress(err, total=rows, simulated=options.api.simulator)
+    control = RunControl([progress.listener], [progress.phase])
+    try:
+        with progress, controlled(control):
+            summary = run_async(i2v_batch(_absolute(source), _absolute(dest), options))
+    except (ConfigError, ManifestError, RunAborted) as exc:
+        return _usage_error(exc)
+    except StorageError as exc:
+        return _usage_error(exc, "storage error")
     except I2VError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        return 2
+        if verbose:
+            raise
+        return _usage_error(exc)
     _print_summary(summary, dest)
     return summary.exit_code
+
+
+def _usage_error(exc: BaseException, label: str = "error") -> int:
+    """One line, no traceback: what went wrong and what to do (it is in the message)."""
+    err.print(f"[red]{label}:[/red] {exc}", highlight=False, soft_wrap=True)
+    return 2
+
+
+def _absolute(location: str) -> str:
+    """A local path as an absolute one (what the flow run records); URIs unchanged."""
+    return location if "://" in location else str(Path(location).expanduser().absolute())
+
+
+class _UserErrorFilter(logging.Filter):
+    """Drop Prefect's console lines about a run that failed on a usage error: the CLI
+    says it in one line (the Prefect UI keeps the full record)."""
+
+    NAMES = ("ConfigError", "ManifestError", "StorageError", "RunAborted", "InputError")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ in self.NAMES:
+            return False
+        text = record.getMessage()
+        return not any(name in text for name in self.NAMES)
+
+
+def _hide_user_errors_from_prefect_console() -> None:
+    import prefect  # noqa: F401  (sets up Prefect's logging handlers)
+
+    handlers = {
+        h
+        for lg in logging.Logger.manager.loggerDict.values()
+        if isinstance(lg, logging.Logger)
+        for h in lg.handlers
+    }
+    handlers |= set(logging.getLogger().handlers)
+    for handler in handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.addFilter(_UserErrorFilter())
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

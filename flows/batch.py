@@ -37,7 +37,7 @@ from i2v.models import get_model
 from i2v.preflight import preflight
 from i2v.results import RunSummary, result_rows, status_counts, top_errors
 from i2v.rows import group_jobs, load_records
-from i2v.run import Job, RowStatus, RunAborted, RunContext, StopReason
+from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReason
 from i2v.state import Action, InputRecord, StateStore
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 from tasks.generate import GenerateItem, generate
@@ -118,7 +118,7 @@ async def _batch(
     source: str,
     dest: str,
     options: BatchOptions,
-    control: Any,
+    control: RunControl,
     write_table: bool,
     lines: Sequence[int] | None,
 ) -> RunSummary:
@@ -129,10 +129,17 @@ async def _batch(
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=min(64, 8 + 2 * options.concurrency))
     )
+    control.phase("checking pictures")
     opened = await open_run(source, dest, options, lines=lines)
     records = Records(StateStore(opened.dest))
     jobs = group_jobs(opened.plans, options)
     await load_records(records, jobs)
+    control.phase(
+        "rows checked",
+        rows=len(opened.plans),
+        rejected=sum(1 for p in opened.plans if p.error),
+        inputs=len(jobs),
+    )
     limiter = AdaptiveLimiter(options.concurrency)
 
     def context(**more: Any) -> RunContext:
@@ -190,6 +197,7 @@ async def _batch(
                 await asyncio.wait_for(asyncio.shield(rows), _wind_down_s(options))
             await publish_run(ctx, opened, jobs, source, started, publish=write_table)
             raise
+    control.phase("writing results")
     summary = await publish_run(ctx, opened, jobs, source, started, publish=write_table)
     if ctx.stop_reason in (StopReason.AUTH, StopReason.MODEL):
         raise RunAborted(ctx.stop_message or "run aborted")

@@ -125,6 +125,8 @@ class RunStats:
 
 
 Listener = Callable[[str, "Job", "JobOutcome | None"], None]
+# A run's phase ("checking pictures", "rows checked", ...) and what it knows then.
+PhaseListener = Callable[[str, dict[str, int]], None]
 ProviderSlot = Callable[[], AbstractAsyncContextManager[None]]
 
 
@@ -214,10 +216,19 @@ class RunControl:
     signal that arrives before the context exists still stops the run once it does.
     """
 
-    def __init__(self, listeners: Sequence[Listener] = ()) -> None:
+    def __init__(
+        self, listeners: Sequence[Listener] = (), phases: Sequence[PhaseListener] = ()
+    ) -> None:
         self.listeners = tuple(listeners)
+        self.phases = tuple(phases)
         self.signal: str | None = None  # e.g. "SIGTERM", once one asked the run to stop
         self._contexts: list[RunContext] = []
+
+    def phase(self, name: str, **counts: int) -> None:
+        """Tell the caller where the run is (a progress display; never fails the run)."""
+        for listener in self.phases:
+            with contextlib.suppress(Exception):
+                listener(name, counts)
 
     def attach(self, ctx: RunContext) -> None:
         self._contexts.append(ctx)

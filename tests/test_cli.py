@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app, run_async
-from tests.helpers import TEST_API_KEY, sim_config, start_cli, state_phases, write_manifest
+from tests.helpers import REPO, TEST_API_KEY, sim_config, start_cli, state_phases, write_manifest
 
 runner = CliRunner()
 
@@ -141,3 +143,104 @@ def test_kill_9_while_polling_then_rerun_lands_all_without_paying_twice(
     assert sim.stats.jobs_created == 6
     assert max(sim.stats.submissions_per_input.values()) == 1
     assert TEST_API_KEY not in output
+
+
+# ----------------------------------------------------------------- the first minute
+
+
+def _usage_case(case: str, tmp_path: Path, pictures: Path) -> tuple[list[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    local = str(REPO / "configs" / "local.yaml")
+    good = write_manifest(pictures, [{"image": "coffee.png", "prompt": "pan"}])
+    if case == "missing manifest":
+        return [
+            "run",
+            str(tmp_path / "nope.csv"),
+            "--dest",
+            str(tmp_path / "o"),
+            "--config",
+            local,
+        ], env
+    if case == "manifest without image":
+        bad = tmp_path / "noimage.csv"
+        bad.write_text("picture,prompt\ncoffee.png,pan\n")
+        return ["run", str(bad), "--dest", str(tmp_path / "o"), "--config", local], env
+    if case == "bad config":
+        config = tmp_path / "bad.yaml"
+        config.write_text("concurrency: -3\nmodel: not-a-model\n")
+        return ["run", str(good), "--dest", str(tmp_path / "o"), "--config", str(config)], env
+    assert case == "missing key"
+    env.pop("ATLASCLOUD_API_KEY", None)
+    production = str(REPO / "configs" / "atlascloud.yaml")
+    return ["run", str(good), "--dest", str(tmp_path / "o"), "--config", production], env
+
+
+@pytest.mark.parametrize(
+    "case", ["missing manifest", "manifest without image", "bad config", "missing key"]
+)
+def test_usage_errors_answer_in_seconds_with_one_line_and_no_traceback(
+    case: str, tmp_path: Path, pictures: Path
+) -> None:
+    args, env = _usage_case(case, tmp_path, pictures)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    took = time.monotonic() - started
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert took < 3.0, f"{case}: {took:.1f} s"
+    assert "Traceback" not in stderr and "Traceback" not in proc.stdout.decode()
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error:"), stderr
+    assert not (tmp_path / "prefect-home").exists(), "Prefect was never started"
+
+
+def test_progress_bar_total_is_the_manifest_rows(
+    make_simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    """Driven through a pseudo-terminal, as a user sees it: the bar's total is the
+    number of rows as soon as they are read, and it fills to it (a rejected row too)."""
+    import pty
+
+    sim = make_simulator(latency_s=0.2)
+    rows = [{"id": f"p{i}", "image": "coffee.png", "prompt": f"pan {i}"} for i in range(5)]
+    rows.append({"id": "bad", "image": "missing.png", "prompt": "pan"})
+    manifest = write_manifest(pictures, rows)
+    env = {**os.environ, "ATLASCLOUD_API_KEY": TEST_API_KEY, "COLUMNS": "160"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env.pop("PREFECT_API_URL", None)
+    args = ["run", str(manifest), "--dest", str(tmp_path / "out"), "--config"]
+    args.append(str(sim_config(tmp_path, sim)))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO,
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=120)
+    os.close(leader)
+    screen = seen.decode(errors="replace")
+    assert proc.returncode == 1, screen  # the bad row is rejected
+    fractions = re.findall(r"(\d+)/(\d+)", screen)
+    assert fractions, screen
+    assert {total for _, total in fractions} == {"6"}, "the total was known from the start"
+    assert ("6", "6") in fractions, "the bar filled to the total"

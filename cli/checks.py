@@ -1,0 +1,44 @@
+"""What `i2v run` checks before Prefect starts, so a usage error answers in a second.
+
+The config, the key's presence, the manifest (exists, readable, has `image`) and the
+DEST's form: nothing here calls the API or pays. The flow checks all of it again,
+because a deployment run never passes through the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+
+from i2v._constants import API_KEY_ENV
+from i2v.config import BatchOptions
+from i2v.errors import ConfigError
+from i2v.manifest import read_manifest
+from i2v.models import get_model
+from i2v.storage import open_storage
+
+
+def precheck(source: str, dest: str, options: BatchOptions) -> int:
+    """Raise a ConfigError, ManifestError or StorageError for what would stop the run;
+    return the manifest's number of rows."""
+    needs_key = not (options.dry_run or options.api.simulator or options.api.api_key_secret_block)
+    if needs_key and not os.environ.get(API_KEY_ENV, "").strip():
+        raise ConfigError(
+            f"{API_KEY_ENV} is not set: export it (export {API_KEY_ENV}=...), name a Prefect "
+            "Secret block in api.api_key_secret_block, or use configs/local.yaml for the "
+            "simulator"
+        )
+    open_storage(dest)  # the DEST's form: a folder (not a file) or s3://bucket/prefix
+    s3 = None
+    if source.startswith("s3://"):
+        from i2v.s3 import make_s3_client
+
+        s3 = make_s3_client()
+    manifest = read_manifest(
+        source,
+        spec=get_model(str(options.model)),
+        default_prompt=options.prompt,
+        default_duration=options.duration,
+        allow_outside_base=options.allow_outside_base,
+        s3_client=s3,
+    )
+    return len(manifest.rows)
