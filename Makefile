@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check demo test test-fast lint typecheck fmt bench simulate clean
+.PHONY: install lock lock-check demo test test-fast lint typecheck fmt bench simulate ui-shots clean
 
 $(UV_STAMP):
 	@echo "==> bootstrapping uv $(UV_VERSION) into $(TOOLS)/"
@@ -72,6 +72,12 @@ bench: $(STAMP)
 
 simulate: $(STAMP)
 	$(BIN)/i2v simulate --port 8765
+
+# Screenshots of the Prefect UI (a real server, the deployments, a worker and the CLI on
+# the demo manifest) into out/ui-shots/; installs Debian's chromium when missing. Not
+# part of `make test`.
+ui-shots: $(STAMP)
+	$(BIN)/python scripts/ui_shots.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

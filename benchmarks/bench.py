@@ -63,7 +63,18 @@ from pathlib import Path
 from typing import Any
 
 import report
-from harness import PYTHON, CliRun, Processes, Simulator, run_child, run_cli, start_moto
+from harness import (
+    PYTHON,
+    CliRun,
+    Processes,
+    Simulator,
+    free_port,
+    http_json,
+    run_child,
+    run_cli,
+    start_moto,
+    wait_until_serving,
+)
 
 from i2v.config import BatchOptions
 
@@ -72,7 +83,7 @@ RESULTS = HERE / "results"
 EXAMPLES = HERE.parent / "examples"
 PICTURES = ("astronaut.png", "coffee.png", "rocket.jpg")
 VERBS = ("pan right", "pan left", "tilt up", "push in", "pull out", "orbit")
-SCENARIOS = ("startup", "efficiency", "rerun", "memory", "sample")
+SCENARIOS = ("startup", "efficiency", "rerun", "memory", "sample", "cap")
 MIB = 1 << 20
 BUCKET = "i2v-bench"
 
@@ -367,6 +378,7 @@ class Bench:
             "rerun": self.rerun,
             "memory": self.memory,
             "sample": self.sample,
+            "cap": self.cap,
         }
         for name in SCENARIOS:
             if name in self.plan.scenarios:
@@ -489,6 +501,61 @@ class Bench:
             "prefect_server_cpu_s": run.children_cpu_s,
             "sim_cpu_s": sim_cpu,
         }
+
+    # 7 ------------------------------------------------------------ provider cap
+
+    def cap(self) -> dict[str, Any]:
+        """N = the first size against a long-lived `prefect server`, without and with a
+        global concurrency limit of C slots (what teams sharing a cap run)."""
+        n = self.plan.sizes[0]
+        port = free_port()
+        api = f"http://127.0.0.1:{port}/api"
+        server_env = {**self.env, "PREFECT_HOME": str(self.work / "prefect-server-home")}
+        server = self.procs.start(
+            "prefect-server",
+            [
+                str(Path(PYTHON).parent / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            server_env,
+        )
+        wait_until_serving(f"{api}/health", server, timeout_s=120)
+        name = "atlascloud-bench"
+        http_json(f"{api}/v2/concurrency_limits/", {"name": name, "limit": self.plan.cap})
+        env = {"PREFECT_API_URL": api}
+        self.warm_renders()
+        out: dict[str, Any] = {"n": n, "limit": self.plan.cap}
+        for label, limit in (("without", "null"), ("with", name)):
+            config = self.work / f"cap-{label}.yaml"
+            config.write_text(
+                self.config.read_text(encoding="utf-8").replace(
+                    "global_concurrency_limit: null", f"global_concurrency_limit: {limit}"
+                ),
+                encoding="utf-8",
+            )
+            key = f"cap-{label}-n{n}"
+            manifest, dest = self.manifest(key, n), self.work / "dest" / key
+            self.sim.reset()
+            say(f"  i2v run {key} ...")
+            args = [str(manifest), "--dest", str(dest), "--config", str(config)]
+            args += ["--concurrency", str(self.plan.concurrency)]
+            run = run_cli(self.procs, key, args, {**self.env, **env}, self.plan.timeout_s(n))
+            say(f"  ... exit {run.exit_code} after {run.wall_s:.1f} s")
+            run.check()
+            span = Span.of(local_records(dest))
+            out[label] = {
+                "efficiency": self.plan.ideal_s(n) / span.actual_s,
+                "actual_s": span.actual_s,
+                "wall_s": run.wall_s,
+                "max_in_flight": self.sim.stats()["max_in_flight"],
+            }
+        self.procs.stop(server)
+        return out
 
     # 4 --------------------------------------------------------------------- rerun
 

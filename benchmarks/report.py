@@ -56,6 +56,7 @@ def render(settings: dict[str, Any], host: dict[str, Any], results: dict[str, An
     rows += _rerun_rows(results.get("rerun"))
     rows += _sample_rows(results.get("sample"))
     rows += _startup_rows(results.get("startup"))
+    rows += _cap_rows(results.get("cap"))
     head = ["#", "Measure", "Result", "Target", "Met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -275,6 +276,27 @@ def _startup_rows(part: Any) -> list[Row]:
             )
         )
     return rows
+
+
+def _cap_rows(part: Any) -> list[Row]:
+    if part is None:
+        return []
+    if (bad := _error("7", "Provider cap", part)) is not None:
+        return bad
+    n, limit = part["n"], part["limit"]
+    free, capped = part["without"], part["with"]
+    ratio = capped["efficiency"] / free["efficiency"]
+    return [
+        (
+            "7",
+            f"Provider cap, N = {n}, long-lived `prefect server`",
+            f"with a global concurrency limit of {limit}: efficiency {capped['efficiency']:.2f} "
+            f"({capped['actual_s']:.1f} s, max {capped['max_in_flight']} in flight) vs "
+            f"{free['efficiency']:.2f} without ({free['actual_s']:.1f} s): {ratio:.2f} of it",
+            ">= 0.9 of it, >= 0.8 of ideal",
+            _met(ratio >= 0.9 and capped["efficiency"] >= 0.8),
+        )
+    ]
 
 
 def write(results_dir: Path, table: str, raw: dict[str, Any]) -> None:

@@ -19,6 +19,10 @@ import typer.core
 from rich.console import Console
 from rich.table import Table
 
+from cli.doctor import DOCTOR_EXAMPLES
+from cli.doctor import doctor as doctor_command
+from cli.status import STATUS_EXAMPLES
+from cli.status import status as status_command
 from i2v.config import load_options
 from i2v.errors import ConfigError, I2VError, ManifestError, StorageError
 
@@ -77,8 +81,9 @@ class _PlainHelp(typer.core.TyperCommand):
             for p in self.get_params(ctx)
             if p.param_type_name == "option" and (rv := p.get_help_record(ctx)) is not None
         ]
-        with formatter.section("Arguments"):
-            formatter.write_dl(args)
+        if args:  # `i2v doctor` takes none
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
         with formatter.section("Options"):
             formatter.write_dl(opts)
 
@@ -153,11 +158,38 @@ def run(
         )
     except ConfigError as exc:
         raise typer.Exit(_usage_error(exc)) from None
-    code = _run_flow(source, dest, options, verbose=verbose)
+    command = _command_line(
+        source,
+        dest,
+        config,
+        {
+            "--concurrency": concurrency,
+            "--poll-interval": poll_interval,
+            "--timeout": timeout,
+            "--budget-usd": budget_usd,
+            "--resubmit-ambiguous": resubmit_ambiguous,
+        },
+    )
+    code = _run_flow(source, dest, options, verbose=verbose, command=command)
     raise typer.Exit(code)
 
 
-def _run_flow(source: str, dest: str, options: Any, *, verbose: bool) -> int:
+def _command_line(source: str, dest: str, config: Path | None, flags: dict[str, Any]) -> list[str]:
+    """The run's command, paths absolute: what `i2v status` offers to rerun it."""
+    argv = ["i2v", "run", _absolute(source), "--dest", _absolute(dest)]
+    if config is not None:
+        argv += ["--config", _absolute(str(config))]
+    for flag, value in flags.items():
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return argv
+
+
+def _run_flow(
+    source: str, dest: str, options: Any, *, verbose: bool, command: list[str] | None = None
+) -> int:
     from cli.checks import precheck
 
     try:
@@ -167,6 +199,8 @@ def _run_flow(source: str, dest: str, options: Any, *, verbose: bool) -> int:
     except StorageError as exc:
         return _usage_error(exc, "storage error")
     # Imported only now: a usage error never waits for Prefect (or its temporary server).
+    from prefect import tags
+
     from cli.progress import RunProgress
     from flows.batch import i2v_batch
     from flows.common import controlled
@@ -175,8 +209,10 @@ def _run_flow(source: str, dest: str, options: Any, *, verbose: bool) -> int:
     _hide_user_errors_from_prefect_console()
     progress = RunProgress(err, total=rows, simulated=options.api.simulator)
     control = RunControl([progress.listener], [progress.phase])
+    control.command = command
     try:
-        with progress, controlled(control):
+        # Tagged like the deployments' runs, so one filter in the UI finds them all.
+        with progress, controlled(control), tags("i2v"):
             summary = run_async(i2v_batch(_absolute(source), _absolute(dest), options))
     except (ConfigError, ManifestError, RunAborted) as exc:
         return _usage_error(exc)
@@ -276,6 +312,17 @@ def _print_summary(summary: Any, dest: str) -> None:
         )
     for message, n in summary.top_errors[:3]:
         out.print(f"  {n} x {message}")
+    flagged = getattr(summary, "qc_flagged", None) or []
+    if flagged:
+        out.print(
+            f"[yellow]quality check:[/yellow] {len(flagged)} landed video(s) flagged; they "
+            "stay landed and paid (the table's qc column):",
+            highlight=False,
+        )
+        for row_id, reasons in flagged[:10]:
+            out.print(f"  {row_id}: {reasons}", highlight=False)
+        if len(flagged) > 10:
+            out.print(f"  ... and {len(flagged) - 10} more")
     sep = "" if dest.endswith("/") else "/"
     out.print(f"videos: {dest}{sep}videos/   table: {summary.results_uri}")
 
@@ -319,6 +366,12 @@ def simulate(
     )
     err.print(f"Atlas simulator on http://{host}:{port} (ATLASCLOUD_BASE_URL=http://{host}:{port})")
     serve(port=port, host=host, config=cfg)
+
+
+# Operating a DEST (cli/status.py, cli/doctor.py): registered here, so every entry point
+# (`i2v`, `python -m cli.main`) has them.
+app.command(name="status", cls=_PlainHelp, epilog=STATUS_EXAMPLES)(status_command)
+app.command(name="doctor", cls=_PlainHelp, epilog=DOCTOR_EXAMPLES)(doctor_command)
 
 
 def main() -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
 
 from prefect import flow
 from prefect.logging import get_run_logger
@@ -24,8 +25,9 @@ from flows.common import (
     dry_run_summary,
     opaque,
     open_run,
-    provider_slot_factory,
+    provider_cap,
     publish_artifacts,
+    run_task_after,
     stop_on_signals,
 )
 from i2v.batching import Batch, MicroBatcher
@@ -35,7 +37,7 @@ from i2v.config import BatchOptions
 from i2v.lifecycle import action_for, run_job
 from i2v.models import get_model
 from i2v.preflight import preflight
-from i2v.results import RunSummary, result_rows, status_counts, top_errors
+from i2v.results import RunSummary, qc_flags, result_rows, status_counts, top_errors
 from i2v.rows import group_jobs, load_records
 from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReason
 from i2v.state import Action, InputRecord, StateStore
@@ -46,12 +48,12 @@ from tasks.poll import PollItem, poll
 from tasks.tables import results_table
 from tasks.upload import upload
 
+I = TypeVar("I")  # noqa: E741 - a step's item type, as in i2v.batching
+R = TypeVar("R")
 
-def _label(batch: Batch[Any, Any]) -> str:
-    """A batch's task-run label: the first row it carried (more rows join later)."""
-    first = batch.entries[0].item
-    job = first[0] if isinstance(first, tuple) else first
-    return str(job.name)
+
+def _job(item: Any) -> Job:
+    return item[0] if isinstance(item, tuple) else item
 
 
 class PrefectSteps:
@@ -59,59 +61,108 @@ class PrefectSteps:
 
     A task run opens when a row reaches its step and keeps taking the rows that follow
     for up to 2 s (0.5 s without a new row); each row still gets its own result the
-    moment it is ready. The run is named after the first row it carried.
+    moment it is ready. Task runs are numbered per step (`poll #2`) and renamed with
+    their row count once they stop taking rows (`poll #2 · 25 rows`, `tasks._batch`).
+    In the run's graph each task run follows the one that handed it its first row
+    (the first uploads follow check-pictures), so the step order shows.
     """
 
-    def __init__(self, ctx: RunContext) -> None:
-        c = opaque(ctx)
-        self._upload: MicroBatcher[Job, str] = MicroBatcher(
-            lambda b: upload(c, opaque(b), _label(b))
-        )
-        self._generate: MicroBatcher[GenerateItem, InputRecord] = MicroBatcher(
-            lambda b: generate(c, opaque(b), _label(b))
-        )
-        self._poll: MicroBatcher[PollItem, InputRecord] = MicroBatcher(
-            lambda b: poll(c, opaque(b), _label(b))
-        )
-        self._land: MicroBatcher[LandItem, InputRecord] = MicroBatcher(
-            lambda b: land(c, opaque(b), _label(b))
-        )
+    def __init__(self, ctx: RunContext, *, after: UUID | None = None) -> None:
+        self._ctx = opaque(ctx)
+        self._start = after
+        self._run_of: dict[Batch[Any, Any], UUID] = {}  # each batch's task run
+        self._last: dict[str, UUID] = {}  # each input's latest task run
+        self._upload: MicroBatcher[Job, str] = self._batcher(upload)
+        self._generate: MicroBatcher[GenerateItem, InputRecord] = self._batcher(generate)
+        self._poll: MicroBatcher[PollItem, InputRecord] = self._batcher(poll)
+        self._land: MicroBatcher[LandItem, InputRecord] = self._batcher(land)
+
+    def _batcher(self, step: Any) -> MicroBatcher[Any, Any]:
+        batcher: MicroBatcher[Any, Any]
+
+        def run(batch: Batch[Any, Any]) -> Awaitable[Any]:
+            run_id = self._run_of[batch] = uuid4()
+            first = _job(batch.entries[0].item)
+            return run_task_after(
+                step,
+                [self._last.get(first.identity, self._start)],
+                edge="entries",
+                task_run_id=run_id,
+                ctx=self._ctx,
+                entries=opaque(batch),
+                batch=batcher.batches,
+            )
+
+        batcher = MicroBatcher(run)
+        return batcher
+
+    async def _through(self, batcher: MicroBatcher[I, R], job: Job, item: I) -> R:
+        entry = batcher.enter(item)
+        try:
+            return await entry.future
+        finally:
+            if entry.batch is not None and entry.batch in self._run_of:
+                self._last[job.identity] = self._run_of[entry.batch]
 
     async def upload(self, job: Job) -> str:
-        return await self._upload(job)
+        return await self._through(self._upload, job, job)
 
     async def generate(self, job: Job, record: InputRecord | None, image_url: str) -> InputRecord:
-        return await self._generate((job, record, image_url))
+        return await self._through(self._generate, job, (job, record, image_url))
 
     async def poll(self, job: Job, record: InputRecord) -> InputRecord:
-        return await self._poll((job, record))
+        return await self._through(self._poll, job, (job, record))
 
     async def land(self, job: Job, record: InputRecord) -> InputRecord:
-        return await self._land((job, record))
+        return await self._through(self._land, job, (job, record))
+
+    def last_runs(self) -> list[UUID]:
+        """The task runs where rows ended: what the results table follows in the graph."""
+        return sorted(set(self._last.values()), key=str) or ([self._start] if self._start else [])
+
+    async def close(self) -> None:
+        """Close every open batch and wait for its task run to end.
+
+        A batch keeps taking rows for up to `idle_s` after its last one; a flow run
+        that ended first would leave it to be cancelled by the runtime (a Crashed task
+        run in a run whose rows all landed).
+        """
+        for batcher in (self._upload, self._generate, self._poll, self._land):
+            await batcher.close()
 
 
 @flow(name="i2v-batch", log_prints=False)
-async def i2v_batch(
-    source: str,
-    dest: str,
-    options: BatchOptions | None = None,
-    write_table: bool = True,
-    lines: list[int] | None = None,
-) -> RunSummary:
-    """Turn every row of SOURCE into DEST/videos/<id>.mp4 and DEST/results.{parquet,csv}.
+async def i2v_batch(source: str, dest: str, options: BatchOptions = BatchOptions()) -> RunSummary:
+    """Turn every row of SOURCE into DEST/videos/ID.mp4 and DEST/results.parquet (.csv).
 
     Args:
         source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures.
         dest: A folder or `s3://bucket/prefix`.
         options: Model, concurrency, budget, polling and API settings.
-        write_table: False for fan-out shards: the table goes only to
-            DEST/runs/RUN_ID/ and the parent writes the merged DEST/results.*.
-        lines: Only these manifest lines (a fan-out shard); None for all rows.
     """
-    options = options or BatchOptions()
     control = current_control()
     with stop_on_signals(control):
-        return await _batch(source, dest, options, control, write_table, lines)
+        return await _batch(source, dest, options, control, True, None)
+
+
+@flow(name="i2v-shard", log_prints=False)
+async def i2v_shard(
+    source: str, dest: str, lines: list[int], options: BatchOptions = BatchOptions()
+) -> RunSummary:
+    """One shard of an i2v-fanout run (the fan-out starts these; not meant for people).
+
+    Args:
+        source: The fan-out's manifest.
+        dest: The fan-out's DEST.
+        lines: The manifest lines of this shard.
+        options: The fan-out's options.
+
+    The shard's table goes only to DEST/runs/RUN_ID/: the fan-out merges its shards'
+    tables into DEST/results.parquet (.csv) and makes one contact sheet.
+    """
+    control = current_control()
+    with stop_on_signals(control):
+        return await _batch(source, dest, options, control, False, lines)
 
 
 async def _batch(
@@ -177,7 +228,10 @@ async def _batch(
         if needs_api and client is not None:
             catalog_price = await preflight(client, str(options.model))
             _log_prices(logger, options, catalog_price)
-            slot = await provider_slot_factory(options.global_concurrency_limit)
+            cap = await provider_cap(options.global_concurrency_limit, options.concurrency)
+            if cap is not None:
+                slot = cap.slot
+                stack.push_async_callback(cap.aclose)
         ctx = context(
             client=client,
             listeners=(*control.listeners, reporter.listener),
@@ -185,20 +239,26 @@ async def _batch(
             **({"provider_slot": slot} if slot is not None else {}),
         )
         control.attach(ctx)
-        steps = PrefectSteps(ctx)
+        steps = PrefectSteps(ctx, after=opened.checked_by)
         rows = asyncio.gather(*(run_job(ctx, steps, job) for job in jobs))
         try:
             await asyncio.shield(rows)
+            await steps.close()
         except asyncio.CancelledError:
             # Cancelled (a flow run cancelled from the UI or by its worker): the same
             # wind-down as a stop signal, then the table, then the cancellation.
             control.request_stop("cancellation")
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(rows), _wind_down_s(options))
-            await publish_run(ctx, opened, jobs, source, started, publish=write_table)
+                await asyncio.wait_for(steps.close(), 5.0)
+            await publish_run(
+                ctx, opened, jobs, source, started, publish=write_table, after=steps.last_runs()
+            )
             raise
     control.phase("writing results")
-    summary = await publish_run(ctx, opened, jobs, source, started, publish=write_table)
+    summary = await publish_run(
+        ctx, opened, jobs, source, started, publish=write_table, after=steps.last_runs()
+    )
     if ctx.stop_reason in (StopReason.AUTH, StopReason.MODEL):
         raise RunAborted(ctx.stop_message or "run aborted")
     return summary
@@ -232,8 +292,10 @@ async def publish_run(
     started: float,
     *,
     publish: bool,
+    after: Sequence[UUID] = (),
 ) -> RunSummary:
-    """The results table, the summary, the contact sheet and the artifacts."""
+    """The results table, the summary, the contact sheet and the artifacts; in the
+    graph, the results table follows the task runs `after` (where the rows ended)."""
     frame = result_rows(
         opened.plans,
         jobs,
@@ -259,15 +321,35 @@ async def publish_run(
         stopped_by=current_control().signal,
         simulated=ctx.simulated,
         top_errors=top_errors(frame),
+        qc_flagged=qc_flags(frame),
+        command=current_control().command,
     )
-    summary.results_uri = await results_table(ctx.dest, opaque(frame), summary, publish=publish)
+    summary.results_uri = await run_task_after(
+        results_table,
+        after or [opened.checked_by],
+        edge="frame",
+        storage=ctx.dest,
+        frame=opaque(frame),
+        summary=summary,
+        publish=publish,
+    )
     sheet = ""
     if publish:  # a fan-out parent makes one sheet for all its shards
         landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]
         sheet = await publish_contact_sheet(
-            ctx.dest, [f"videos/{i}.mp4" for i in landed], ctx.run_id
+            ctx.dest,
+            [f"videos/{i}.mp4" for i in landed],
+            ctx.run_id,
+            link_hours=ctx.options.link_hours,
         )
-    await publish_artifacts(frame, summary, title=f"run `{ctx.run_id}`", sheet_md=sheet)
+    await publish_artifacts(
+        frame,
+        summary,
+        title=f"run `{ctx.run_id}`",
+        sheet_md=sheet,
+        storage=ctx.dest,
+        link_hours=ctx.options.link_hours,
+    )
     get_run_logger().info(
         "done: %s; spent $%.2f%s; results at %s",
         ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v),

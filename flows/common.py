@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
+from uuid import UUID, uuid4
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.logging import get_run_logger
@@ -26,7 +28,7 @@ from i2v.config import BatchOptions
 from i2v.errors import ConfigError
 from i2v.lifecycle import dry_run_counts
 from i2v.manifest import Manifest
-from i2v.results import RunSummary
+from i2v.results import RunSummary, qc_flags, qc_section
 from i2v.run import Job, RowPlan, RunContext, RunControl
 from i2v.s3 import make_s3_client
 from i2v.session import Timeouts
@@ -34,6 +36,7 @@ from i2v.storage import Storage, open_storage
 from tasks.rows import check_pictures, read_rows
 
 SIMULATOR_KEY = "simulator-local-key"
+log = logging.getLogger("i2v.flows")
 TABLE_ARTIFACT_COLUMNS = ["id", "status", "error", "error_code", "prediction_id", "video_uri"]
 
 T = TypeVar("T")
@@ -102,6 +105,37 @@ def opaque(value: T) -> T:
     return cast(T, quote(value))
 
 
+def run_task_after(
+    task: Any,
+    after: Iterable[UUID | None],
+    *,
+    edge: str,
+    task_run_id: UUID | None = None,
+    **parameters: Any,
+) -> Any:
+    """`task(**parameters)`, its task run drawn in the flow run's graph after the task
+    runs `after`, as an input of its parameter `edge`.
+
+    Prefect draws an edge only where a task's result, state or future is passed to
+    another task, and `wait_for` would wait for them. Our steps hand rows on one at a
+    time while the upstream task run is still open (`i2v.batching`), and their
+    arguments are `opaque` (not walked), so the edge is declared instead: the same
+    dependency record Prefect's own task runners pass to the engine. Returns what the
+    task returns (a coroutine for an async task).
+    """
+    from prefect.client.schemas.objects import TaskRunResult
+    from prefect.task_engine import run_task
+
+    upstream = {TaskRunResult(id=i) for i in after if i is not None}
+    return run_task(
+        task=task,
+        task_run_id=task_run_id,
+        parameters=parameters,
+        dependencies={edge: cast(Any, upstream)} if upstream else None,
+        return_type="result",
+    )
+
+
 def new_run_id() -> str:
     """Sortable and traceable: UTC time plus the Prefect flow run id's prefix."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -118,6 +152,8 @@ class OpenedRun:
     dest: Storage
     manifest: Manifest
     plans: list[RowPlan]
+    # The check-pictures task run: where every row's steps start in the run's graph.
+    checked_by: UUID | None = None
 
 
 async def open_run(
@@ -131,19 +167,40 @@ async def open_run(
     logger = get_run_logger()
     s3 = s3_client_for(options) if "s3://" in source + dest else None
     storage = open_storage(dest, s3_client=s3)
-    manifest = await asyncio.to_thread(read_rows, source, options, s3)
+    read_id, check_id = uuid4(), uuid4()
+    manifest = await asyncio.to_thread(
+        run_task_after,
+        read_rows,
+        (),
+        edge="source",
+        task_run_id=read_id,
+        source=source,
+        options=options,
+        s3_client=opaque(s3),
+    )
     if lines is not None:
         wanted = set(lines)
         manifest.rows = [r for r in manifest.rows if r.line in wanted]
-    plans = await check_pictures(opaque(manifest), options, opaque(s3))
+    plans = await run_task_after(
+        check_pictures,
+        [read_id],
+        edge="manifest",
+        task_run_id=check_id,
+        manifest=opaque(manifest),
+        options=options,
+        s3_client=opaque(s3),
+    )
     inputs = len({p.identity for p in plans if p.identity and not p.error})
+    for plan in plans:  # settled already: each gets its line, as every other row does
+        if plan.error:
+            logger.info("%s: rejected (%s)", plan.row_id, plan.error)
     logger.info(
         "%d rows, %d distinct inputs, %d rejected before any call",
         len(plans),
         inputs,
         sum(1 for p in plans if p.error),
     )
-    return OpenedRun(new_run_id(), s3, storage, manifest, plans)
+    return OpenedRun(new_run_id(), s3, storage, manifest, plans, checked_by=check_id)
 
 
 def resolve_api_key(options: BatchOptions) -> str:
@@ -221,10 +278,9 @@ async def atlas_client(
             await asyncio.to_thread(handle.stop)
 
 
-async def provider_slot_factory(
-    name: str | None,
-) -> Any:
-    """A factory of Prefect global-concurrency slots named `name`, or None.
+async def provider_cap(name: str | None, want: int) -> LeasedCap | None:
+    """The run's share of the provider cap, a Prefect global concurrency limit named
+    `name`, or None when there is none.
 
     The limit lives on the Prefect server, so every run and worker sharing the server
     shares the provider cap. When it does not exist we say so once and rely on the
@@ -233,7 +289,6 @@ async def provider_slot_factory(
     if not name:
         return None
     from prefect.client.orchestration import get_client
-    from prefect.concurrency.asyncio import concurrency
     from prefect.exceptions import ObjectNotFound
 
     logger = get_run_logger()
@@ -252,12 +307,165 @@ async def provider_slot_factory(
         logger.warning("global concurrency limit %r is inactive: not enforcing it", name)
         return None
     logger.info("provider cap: global concurrency limit %r (%d slots)", name, limit.limit)
+    return LeasedCap(name, want=min(want, limit.limit))
 
-    def slot() -> AbstractAsyncContextManager[None]:
-        # Leases are renewed while held, so a 15-minute prediction keeps its slot.
-        return concurrency(name, occupy=1, strict=True)
 
-    return slot
+class LeasedCap:
+    """The run's slots of a global concurrency limit, held as leases for its live window.
+
+    One slot per row per server round trip (and a retry wait whenever the limit is
+    full) made a capped run ten times slower. Here a run leases blocks of slots as its
+    rows need them (one request for as many as are waiting, down to one while the
+    limit is nearly full), hands them from row to row locally, renews the leases while
+    it holds them, and gives a block back once none of its slots was needed for
+    `LINGER_S` (so the tail frees the cap for other runs). The server counts every
+    slot: all runs together never exceed the limit.
+    """
+
+    LEASE_S = 60.0  # the server's minimum lease
+    RENEW_EVERY_S = 20.0
+    LINGER_S = 0.5
+
+    def __init__(self, name: str, *, want: int) -> None:
+        self.name = name
+        self.want = max(1, want)
+        self._idle: list[tuple[Any, float]] = []  # one (lease id, idle since) per free slot
+        self._blocks: dict[Any, int] = {}  # lease id -> slots it holds
+        self._waiters = 0
+        self._wake = asyncio.Condition()
+        self._grower: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self.acquired = 0  # leases taken from the server, for tests and the log
+        self.peak_held = 0
+
+    @property
+    def held(self) -> int:
+        return sum(self._blocks.values())
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        lease = await self._take()
+        try:
+            yield
+        finally:
+            async with self._wake:
+                self._idle.append((lease, asyncio.get_running_loop().time()))
+                self._wake.notify()
+
+    async def _take(self) -> Any:
+        async with self._wake:
+            self._waiters += 1
+            try:
+                while not self._idle:
+                    if self.held < self.want and self._grower is None:
+                        self._grower = asyncio.ensure_future(self._grow())
+                    await self._wake.wait()
+                return self._idle.pop()[0]
+            finally:
+                self._waiters -= 1
+
+    async def _grow(self) -> None:
+        """Lease slots for the rows waiting now; wait as the server says while full."""
+        from prefect.client.orchestration import get_client
+
+        try:
+            async with get_client() as client:
+                while self._waiters and self.held < self.want:
+                    slots = min(self._waiters, self.want - self.held)
+                    lease = await self._lease(client, slots)
+                    if lease is None and slots > 1:
+                        lease, slots = await self._lease(client, 1), 1
+                    if lease is None:
+                        continue
+                    async with self._wake:
+                        self._blocks[lease] = slots
+                        self.acquired += 1
+                        self.peak_held = max(self.peak_held, self.held)
+                        now = asyncio.get_running_loop().time()
+                        self._idle += [(lease, now)] * slots
+                        self._wake.notify_all()
+                    if self._keeper is None or self._keeper.done():
+                        self._keeper = asyncio.ensure_future(self._keep())
+        finally:
+            # Waiters that came while this grower was finishing saw it still running:
+            # wake them so they look again (and start the next grower if need be).
+            async with self._wake:
+                self._grower = None
+                self._wake.notify_all()
+
+    async def _lease(self, client: Any, slots: int) -> Any:
+        """One lease of `slots`, or None after waiting out a full limit."""
+        try:
+            response = await client.increment_concurrency_slots_with_lease(
+                names=[self.name], slots=slots, mode="concurrency", lease_duration=self.LEASE_S
+            )
+        except Exception as exc:
+            answer = getattr(exc, "response", None)
+            if getattr(answer, "status_code", None) == 423:
+                # The limit is full: the server says when to look again.
+                wait = float(answer.headers.get("Retry-After", 1.0))  # type: ignore[union-attr]
+                await asyncio.sleep(min(max(wait, 0.05), 2.0))
+            else:  # the server is away: rows wait for it, never past the cap
+                log.warning("cannot lease a slot of %r (%s); retrying", self.name, exc)
+                await asyncio.sleep(1.0)
+            return None
+        return response.json()["lease_id"]
+
+    async def aclose(self) -> None:
+        """Give every lease back now (the run is over): other runs need not wait for
+        them to expire."""
+        from prefect.client.orchestration import get_client
+
+        for task in (self._grower, self._keeper):
+            if task is not None:
+                task.cancel()
+        get_run_logger().info(
+            "provider cap %r: %d slot leases (at most %d slots at once) served this run's rows",
+            self.name,
+            self.acquired,
+            self.peak_held,
+        )
+        leases, self._blocks, self._idle = list(self._blocks), {}, []
+        async with get_client() as client:
+            for lease in leases:
+                with contextlib.suppress(Exception):
+                    await client.release_concurrency_slots_with_lease(lease_id=lease)
+
+    async def _keep(self) -> None:
+        """Renew held leases; give back the blocks no row needed for a while."""
+        from prefect.client.orchestration import get_client
+
+        renewed_at = asyncio.get_running_loop().time()
+        async with get_client() as client:
+            while self._blocks:
+                await asyncio.sleep(self.LINGER_S)
+                now = asyncio.get_running_loop().time()
+                async with self._wake:
+                    spare = [] if self._waiters else self._spare_blocks(now)
+                    self._idle = [(lease, t) for lease, t in self._idle if lease not in spare]
+                    for lease in spare:
+                        del self._blocks[lease]
+                for lease in spare:
+                    with contextlib.suppress(Exception):
+                        await client.release_concurrency_slots_with_lease(lease_id=lease)
+                if now - renewed_at >= self.RENEW_EVERY_S:
+                    renewed_at = now
+                    for lease in list(self._blocks):
+                        with contextlib.suppress(Exception):
+                            await client.renew_concurrency_lease(
+                                lease_id=lease, lease_duration=self.LEASE_S
+                            )
+
+    def _spare_blocks(self, now: float) -> list[Any]:
+        """Leases whose every slot has been idle for `LINGER_S`."""
+        idle: dict[Any, list[float]] = {}
+        for lease, since in self._idle:
+            idle.setdefault(lease, []).append(since)
+        return [
+            lease
+            for lease, times in idle.items()
+            if len(times) == self._blocks.get(lease) and now - max(times) >= self.LINGER_S
+        ]
 
 
 async def publish_artifacts(
@@ -269,12 +477,24 @@ async def publish_artifacts(
     sections: Sequence[str] = (),
     sheet_md: str = "",
     summary_key: str = "i2v-summary",
+    storage: Storage | None = None,
+    link_hours: float = 24.0,
 ) -> None:
-    """The run's table artifact (key `i2v-results`) and its markdown summary."""
-    from tasks.artifacts import summary_tail
+    """The run's table artifact (key `i2v-results`), its markdown summary and, given
+    DEST's `storage`, a link artifact to the run's table (`tasks.artifacts`).
+
+    The table's `video_uri` cells are links a browser opens for an S3 DEST (presigned,
+    valid `link_hours`); a folder DEST's are paths (no URL reaches them from the UI).
+    """
+    from tasks.artifacts import publish_results_link, summary_tail, video_links
 
     cols = TABLE_ARTIFACT_COLUMNS
     table = frame[cols].astype(object).where(frame[cols].notna(), "")
+    if storage is not None:
+        table["video_uri"] = await asyncio.to_thread(
+            video_links, storage, list(table["video_uri"]), link_hours
+        )
+        await publish_results_link(storage, summary.run_id, link_hours=link_hours)
     await acreate_table_artifact(
         key="i2v-results",
         table=[{str(k): v for k, v in row.items()} for row in table.to_dict(orient="records")],
@@ -298,6 +518,7 @@ async def publish_artifacts(
     ]
     if summary.stop_message:
         lines += ["", f"**Stopped:** {summary.stop_message}"]
+    lines += qc_section(summary.qc_flagged or qc_flags(frame))
     lines += summary_tail(summary.top_errors, summary.results_uri, sheet_md)
     await acreate_markdown_artifact(
         key=summary_key, markdown="\n".join(lines), description=f"i2v {title}"

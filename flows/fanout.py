@@ -1,8 +1,9 @@
 """The fan-out flow: one manifest, many batch flow runs, one results table.
 
     read rows -> check pictures -> shards (duplicates never split) -> run_deployment per
-    shard (any worker on the pool, on any machine, takes it) -> wait -> merge the shards'
-    DEST/runs/<shard-run-id>/results.parquet into DEST/results.{parquet,csv}
+    shard (the internal i2v-shard/shard deployment: any worker on the pool, on any
+    machine, takes it) -> wait -> merge the shards' DEST/runs/<shard-run-id>/results.parquet
+    into DEST/results.{parquet,csv}
 
 Shards share DEST: each input's durable record under DEST/_state/ belongs to exactly one
 shard (rows with the same input identity always go to the same shard), so shards never
@@ -43,6 +44,7 @@ from tasks.artifacts import ProgressReporter, publish_contact_sheet
 POLL_S = 2.0  # how often the parent reads its shards' states
 NO_WORKER_WARNING_S = 120.0  # shards still waiting after this: say no worker takes them
 FANOUT_PROGRESS_KEY = "i2v-fanout-progress"
+SHARD_DEPLOYMENT = "i2v-shard/shard"  # flows/batch.py:i2v_shard, deployments/prefect.yaml
 
 
 class ShardsFailed(I2VError):
@@ -60,10 +62,10 @@ async def i2v_fanout(
     source: str,
     dest: str,
     shard_size: int = 50,
-    options: BatchOptions | None = None,
-    deployment: str = "i2v-batch/batch",
+    options: BatchOptions = BatchOptions(),
+    deployment: str = SHARD_DEPLOYMENT,
 ) -> FanoutSummary:
-    """Split SOURCE into shards run by the batch deployment's workers; merge the results.
+    """Split SOURCE into shards run by workers of the pool; merge their results.
 
     Args:
         source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures;
@@ -72,9 +74,9 @@ async def i2v_fanout(
         shard_size: Rows per shard (duplicates of one input always share a shard).
         options: Batch options passed to every shard. Its `concurrency` is per shard;
             the global concurrency limit caps all shards together.
-        deployment: The batch deployment that runs each shard ("flow/deployment").
+        deployment: The deployment that runs each shard, FLOW/DEPLOYMENT (the internal
+            i2v-shard/shard).
     """
-    options = options or BatchOptions.model_validate({})
     logger = get_run_logger()
     started = time.monotonic()
     opened = await open_run(source, dest, options)
@@ -86,6 +88,12 @@ async def i2v_fanout(
     )
     if options.dry_run:
         return await _dry_run(options, opened, source, shards)
+    if options.api.simulator:
+        raise ConfigError(
+            "the in-process simulator runs with the CLI only (`api.simulator`): shards run "
+            "on workers from the deployment's form; start `i2v simulate --port P` and set "
+            "api.base_url to it instead"
+        )
 
     runs = await _launch(shards, source, dest, options, deployment)
     reporter = ProgressReporter(FANOUT_PROGRESS_KEY, label="rows")
@@ -122,10 +130,14 @@ async def i2v_fanout(
     uris = await asyncio.to_thread(write_tables, storage, frame, run_id, summary, publish=True)
     summary.results_uri = uris["parquet"]
     landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]
-    sheet_md = await publish_contact_sheet(storage, [f"videos/{i}.mp4" for i in landed], run_id)
+    sheet_md = await publish_contact_sheet(
+        storage, [f"videos/{i}.mp4" for i in landed], run_id, link_hours=options.link_hours
+    )
     await publish_artifacts(
         frame,
         summary,
+        storage=storage,
+        link_hours=options.link_hours,
         title=f"fan-out `{run_id}`",
         facts=[f"- shards: {len(reports)}"],
         sections=_shard_table_md(reports),
@@ -157,16 +169,15 @@ async def _launch(
     options: BatchOptions,
     deployment: str,
 ) -> list[FlowRun]:
-    """One flow run of the batch deployment per shard, linked as subflows of this run."""
+    """One flow run of the shard deployment per shard, linked as subflows of this run."""
     logger = get_run_logger()
     parent = str(runtime_flow_run.get_id() or "local")
     parent_name = runtime_flow_run.get_name() or "i2v-fanout"
     base: dict[str, Any] = {
         "source": source,
         "dest": dest,
-        # mode="json": the model name is a StrEnum; the API wants plain JSON values.
+        # mode="json": plain JSON values, as the deployment's schema checks them.
         "options": options.model_dump(mode="json"),
-        "write_table": False,
     }
     runs: list[FlowRun] = []
     for index, lines in enumerate(shards, 1):

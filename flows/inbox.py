@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from flows.batch import i2v_batch
 from flows.common import s3_client_for
 from i2v.config import BatchOptions
-from i2v.errors import ConfigError, I2VError
+from i2v.errors import I2VError
 from i2v.ledger import (
     DEFAULT_LEASE_HOURS,
     Decision,
@@ -60,16 +60,18 @@ class InboxReport(BaseModel):
     already_done: list[str] = Field(default_factory=list)
     claimed_elsewhere: list[str] = Field(default_factory=list)
     failed: dict[str, str] = Field(default_factory=dict)
+    not_configured: str | None = None  # why the tick did nothing: what to set
 
 
 @flow(name="i2v-inbox", log_prints=False)
 async def i2v_inbox(
-    inbox: str,
-    dest_root: str,
-    options: BatchOptions | None = None,
+    inbox: str = "",
+    dest_root: str = "",
+    options: BatchOptions = BatchOptions(),
     lease_hours: float = DEFAULT_LEASE_HOURS,
 ) -> InboxReport:
-    """Process each new manifest in INBOX into DEST_ROOT/<manifest stem>/, once.
+    """Process each new manifest in INBOX into DEST_ROOT/STEM/ (STEM: the manifest's
+    name without .csv), once.
 
     Args:
         inbox: A folder or `s3://bucket/prefix/` where manifests (`*.csv`) are dropped.
@@ -77,15 +79,25 @@ async def i2v_inbox(
             under it, and the ledger lives in its `_inbox/`.
         options: Batch options for every manifest.
         lease_hours: A claim older than this is presumed dead and taken over.
+
+    A tick whose inbox or dest_root is not set (deployed without I2V_INBOX /
+    I2V_DEST_ROOT) does nothing, says once what to set, and completes: a schedule
+    shipped before its configuration must not fail every ten minutes.
     """
-    for label, value in (("inbox", inbox), ("dest_root", dest_root)):
-        if not value.strip() or "{{" in value:
-            raise ConfigError(
-                f"the {label} parameter is not set ({value!r}): deploy with I2V_INBOX and "
-                "I2V_DEST_ROOT set, or edit the deployment's parameters"
-            )
-    options = options or BatchOptions.model_validate({})
     logger = get_run_logger()
+    missing = [
+        label
+        for label, value in (("inbox", inbox), ("dest_root", dest_root))
+        if not value.strip() or "{{" in value
+    ]
+    if missing:
+        why = (
+            f"not configured, nothing to do: set {' and '.join(missing)} (deploy with "
+            "I2V_INBOX and I2V_DEST_ROOT in the environment, or edit the deployment's "
+            "parameters)"
+        )
+        logger.warning("inbox %s", why)
+        return InboxReport(inbox=inbox, dest_root=dest_root, not_configured=why)
     s3 = s3_client_for(options) if "s3://" in inbox + dest_root else None
     box = open_storage(inbox, s3_client=s3)
     root = open_storage(dest_root, s3_client=s3)

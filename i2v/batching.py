@@ -34,6 +34,7 @@ class Entry(Generic[I, R]):
     future: asyncio.Future[R] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    batch: Batch[I, R] | None = field(default=None, repr=False)  # the batch it joined
 
     def settle(self, result: R | None = None, error: BaseException | None = None) -> None:
         if self.future.done():
@@ -78,6 +79,7 @@ class Batch(Generic[I, R]):
         if self.entries and not self._accepting(now):
             return False
         self.entries.append(entry)
+        entry.batch = self
         self._unread.append(entry)
         self._last_join = now
         self._wake.set()
@@ -106,11 +108,16 @@ class Batch(Generic[I, R]):
 
 
 async def settle_each(
-    entries: AsyncIterable[Entry[I, R]], step: Callable[[I], Awaitable[R]]
+    entries: AsyncIterable[Entry[I, R]],
+    step: Callable[[I], Awaitable[R]],
+    *,
+    on_closed: Callable[[list[I]], Any] | None = None,
 ) -> tuple[int, int]:
     """Run `step` for every entry as it arrives, settling each entry as soon as it ends.
 
-    Returns (succeeded, failed) counts for the batch's own record.
+    `on_closed(items)` is called once the batch stops taking rows (its rows may still be
+    running), with every item it carried. Returns (succeeded, failed) counts for the
+    batch's own record.
     """
     outcomes: list[bool] = []
 
@@ -122,9 +129,13 @@ async def settle_each(
             entry.settle(error=exc)
             outcomes.append(False)
 
+    carried: list[I] = []
     async with asyncio.TaskGroup() as group:
         async for entry in entries:
+            carried.append(entry.item)
             group.create_task(one(entry))
+        if on_closed is not None:
+            on_closed(carried)
     ok = sum(outcomes)
     return ok, len(outcomes) - ok
 
@@ -133,7 +144,10 @@ class MicroBatcher(Generic[I, R]):
     """Hands each item to the step's open batch, opening a new one when none accepts.
 
     `run_batch(batch)` must settle every entry it reads; anything left unsettled when it
-    returns or crashes gets an exception, so no row ever waits forever.
+    returns or crashes gets an exception, so no row ever waits forever. `close()` stops
+    the open batch taking rows and waits for every batch to end: call it before the
+    event loop (or the Prefect flow run) that runs the batches ends, or a batch still
+    waiting `idle_s` for rows would be cancelled mid-way.
     """
 
     def __init__(
@@ -153,6 +167,11 @@ class MicroBatcher(Generic[I, R]):
         self.batches = 0
 
     async def __call__(self, item: I) -> R:
+        return await self.enter(item).future
+
+    def enter(self, item: I) -> Entry[I, R]:
+        """Put `item` into the open batch (or a new one); its entry knows the batch and
+        holds the future of its result."""
         entry: Entry[I, R] = Entry(item)
         if self._open is None or not self._open.offer(entry):
             batch: Batch[I, R] = Batch(
@@ -164,7 +183,18 @@ class MicroBatcher(Generic[I, R]):
             task = asyncio.ensure_future(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-        return await entry.future
+        return entry
+
+    async def close(self) -> None:
+        """Let the open batch take no more rows and wait until every batch has ended.
+
+        Rows offered later open a new batch, so this is safe at any time; a batch's own
+        failure was already given to its rows and is not raised here.
+        """
+        if self._open is not None:
+            self._open.close()
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _run(self, batch: Batch[I, R]) -> None:
         try:

@@ -157,6 +157,20 @@ class AtlasClient:
             )
         return catalog
 
+    async def model_listing(self) -> Any:
+        """The raw `GET /api/v1/models` answer (no auth): each entry's `schema` URL,
+        price and flags, for `i2v doctor`."""
+        body, _ = await self._session.call("GET", "/api/v1/models", what="list models", auth=False)
+        return body
+
+    async def published_schema(self, url: str) -> Any:
+        """A model's published input schema (an OpenAPI document at its listing entry's
+        `schema` URL), fetched without the key: the URL may be on another host."""
+        body, _ = await self._session.call(
+            "GET", url, what="read the model's input schema", auth=False
+        )
+        return body
+
     async def check_model(self, model: str) -> float | None:
         """Raise `ModelNotFoundError` if the model list is readable and lacks `model`;
         return the model's listed price, if the list has one.

@@ -12,31 +12,37 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 from i2v.errors import ConfigError
 from i2v.models import DEFAULT_MODEL, MODELS, get_model
 
-# Spelled out (not built from MODELS) so type checkers and the Prefect form see an enum.
+# The image-to-video models (a run turns pictures into videos; i2v.models also knows the
+# text-to-video ones). Spelled out (not built from MODELS) so type checkers and the
+# Prefect form see an enum.
 ModelName = Literal[
     "minimax/hailuo-2.3/i2v-standard",
     "minimax/hailuo-2.3/i2v-pro",
     "minimax/hailuo-2.3/fast",
-    "minimax/hailuo-2.3/t2v-standard",
-    "minimax/hailuo-2.3/t2v-pro",
 ]
-assert set(get_args(ModelName)) == set(MODELS), "ModelName must list exactly i2v.models.MODELS"
+IMAGE_MODELS = {name for name, spec in MODELS.items() if spec.needs_image}
+assert set(get_args(ModelName)) == IMAGE_MODELS, "ModelName must list the image-to-video MODELS"
 assert get_args(ModelName)[0] == DEFAULT_MODEL
 
 # $0.28 per run is the model page's price; the 10 s price is not published and peers
 # charge twice the 6 s price for it, so a budget never undercounts a 10 s clip.
 DEFAULT_PRICES_USD: dict[str, float] = {
-    **{name: 0.28 for name in MODELS},
+    **{name: 0.28 for name in sorted(IMAGE_MODELS)},
     **{
         f"{name}:10": 0.56
-        for name, spec in MODELS.items()
-        if spec.durations and 10 in spec.durations
+        for name, spec in sorted(MODELS.items())
+        if name in IMAGE_MODELS and spec.durations and 10 in spec.durations
     },
 }
+# Simulator-only options: left out of the deployments' forms (the JSON schema) and of
+# dumps (so a form's defaults and a fan-out's shard parameters pass the schema): the
+# deployments run against the real API. A YAML config or the CLI still sets them.
+_FORMLESS = "not in deployment forms"
 
 
 class ApiSettings(BaseModel):
@@ -44,21 +50,32 @@ class ApiSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    simulator: bool = Field(
+    simulator: SkipJsonSchema[bool] = Field(
         False,
-        description="Start the Atlas-compatible simulator in-process: no key, no network, no cost.",
+        exclude=True,
+        description="Start the Atlas-compatible simulator in-process: no key, no network, no "
+        f"cost ({_FORMLESS}).",
     )
-    simulator_latency_s: float = Field(2.0, ge=0, description="Simulator processing time.")
+    simulator_latency_s: SkipJsonSchema[float] = Field(
+        2.0,
+        ge=0,
+        exclude=True,
+        description=f"Simulator processing time in seconds ({_FORMLESS}).",
+    )
     base_url: str | None = Field(
-        None, description="API base URL; default ATLASCLOUD_BASE_URL or https://api.atlascloud.ai."
+        None,
+        title="API base URL",
+        description="Default: ATLASCLOUD_BASE_URL, else https://api.atlascloud.ai.",
     )
     generate_timeout_s: float = Field(
         60.0,
         gt=0,
+        title="Generate answer timeout (s)",
         description="How long to wait for a generate POST's answer before calling it ambiguous.",
     )
     api_key_secret_block: str | None = Field(
         None,
+        title="API key Secret block",
         description="Name of a Prefect Secret block holding the key; else ATLASCLOUD_API_KEY.",
     )
     user_agent: str | None = Field(
@@ -66,7 +83,7 @@ class ApiSettings(BaseModel):
         title="User-Agent",
         description=(
             "User-Agent header sent to the API; default ATLASCLOUD_USER_AGENT or "
-            "i2v-pipeline/<version>. Change it if Cloudflare blocks requests (error 1010)."
+            "i2v-pipeline/VERSION. Change it if Cloudflare blocks requests (error 1010)."
         ),
         min_length=1,
         max_length=512,
@@ -80,46 +97,101 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
     model: ModelName = Field(
-        "minimax/hailuo-2.3/i2v-standard", description="Atlas Cloud model to run."
+        "minimax/hailuo-2.3/i2v-standard",
+        title="Model",
+        description="Atlas Cloud image-to-video model to run.",
     )
-    duration: Literal[6, 10] = Field(6, description="Seconds, for rows that leave it empty.")
-    prompt: str = Field("", description="Prompt for rows that leave it empty.", max_length=2000)
-    enable_prompt_expansion: bool = Field(False, description="Let the provider rewrite prompts.")
-    concurrency: int = Field(8, ge=1, le=1000, description="Predictions in flight at once.")
+    duration: Literal[6, 10] = Field(
+        6, title="Duration (s)", description="Video length, for rows that leave it empty."
+    )
+    prompt: str = Field(
+        "",
+        title="Default prompt",
+        description="Prompt for rows that leave it empty.",
+        max_length=2000,
+    )
+    enable_prompt_expansion: bool = Field(
+        False, title="Prompt expansion", description="Let the provider rewrite prompts."
+    )
+    concurrency: int = Field(
+        8, ge=1, le=1000, title="Concurrency", description="Predictions in flight at once."
+    )
     poll_interval_s: float = Field(
-        1.0, ge=0, description="Minimum seconds between two polls of one prediction."
+        1.0,
+        ge=0,
+        title="Poll interval (s)",
+        description="Minimum time between two polls of one prediction.",
     )
     expected_duration_s: float = Field(
-        45.0, gt=0, description="First guess of a prediction's time, refined as jobs finish."
+        45.0,
+        gt=0,
+        title="Expected job time (s)",
+        description="First guess of a prediction's time, refined as jobs finish.",
     )
     timeout_s: float = Field(
-        900.0, gt=0, description="Per-prediction deadline; later ones are timed_out (resumable)."
+        900.0,
+        gt=0,
+        title="Timeout per prediction (s)",
+        description="Later ones are timed_out (resumable: a rerun polls them, no new payment).",
     )
     budget_usd: float | None = Field(
-        None, ge=0, description="Never submit work that would take this run past this spend."
+        None,
+        ge=0,
+        title="Budget (USD)",
+        description="Never submit work that would take this run past this spend; empty: no cap.",
     )
-    dry_run: bool = Field(False, description="Check every row and estimate cost; call no API.")
+    dry_run: bool = Field(
+        False, title="Dry run", description="Check every row and estimate cost; call no API."
+    )
+    qc: bool = Field(
+        True,
+        title="Video quality check",
+        description=(
+            "Check every landed video (decodes, duration, size, frame rate, not frozen); "
+            "a flagged video stays landed. `qc: off` skips it."
+        ),
+    )
     resubmit_ambiguous: bool = Field(
-        False, description="Resubmit inputs whose earlier submission answer was lost (may pay)."
+        False,
+        title="Resubmit ambiguous",
+        description="Resubmit inputs whose earlier submission answer was lost (may pay).",
     )
+    # A plain default (copied per instance), not a factory: the form shows its values.
     prices_usd: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_PRICES_USD),
-        description="Price per video: keys 'model' or 'model:duration'.",
+        DEFAULT_PRICES_USD,
+        title="Prices (USD per video)",
+        description="Keys 'MODEL' or 'MODEL:DURATION'; a budget uses the higher of this "
+        "and the catalog's price.",
     )
     s3_pictures: Literal["presign", "upload"] = Field(
-        "presign", description="s3:// pictures: send a presigned URL, or upload the bytes."
+        "presign",
+        title="s3:// pictures",
+        description="Send a presigned URL, or upload the bytes.",
     )
     allow_outside_base: bool = Field(
-        False, description="Allow local picture paths outside the manifest's folder."
+        False,
+        title="Allow pictures outside the manifest's folder",
+        description="Allow local picture paths outside the manifest's folder.",
     )
     global_concurrency_limit: str | None = Field(
         "atlascloud",
+        title="Global concurrency limit",
         description="Prefect global concurrency limit shared by all runs and workers.",
     )
     aws_credentials_block: str | None = Field(
-        None, description="prefect-aws AwsCredentials block; else the standard AWS chain."
+        None,
+        title="AWS credentials block",
+        description="prefect-aws AwsCredentials block; else the standard AWS chain.",
     )
-    api: ApiSettings = Field(default_factory=ApiSettings)
+    link_hours: float = Field(
+        24.0,
+        gt=0,
+        le=168,
+        title="Link lifetime (h)",
+        description="How long the S3 links in the run's artifacts (videos, results, "
+        "contact sheet) stay valid; 168 at most.",
+    )
+    api: ApiSettings = Field(ApiSettings(), title="API")
 
     def price(self, duration: int | None, *, catalog_usd: float | None = None) -> float:
         """Price of one video of this run's model at `duration`, for the budget.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import posixpath
 import re
@@ -29,10 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from i2v._constants import MAX_ID_CHARS, SCHEME, is_safe_id
+from i2v._constants import MAX_ID_CHARS, SCHEME
 from i2v.errors import ConfigError, ManifestError
+from i2v.fields import check_id, check_prompt, choices, parse_duration
 from i2v.models import ModelSpec
-from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused, show
+from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused
 from i2v.s3 import (
     S3_ERRORS,
     default_s3_client,
@@ -141,7 +141,7 @@ def _check_defaults(rules: Rules) -> None:
     if default is not None and spec.durations is not None and default not in spec.durations:
         raise ConfigError(
             f"default_duration {default} is not allowed for {spec.name}; "
-            f"use {_choices(spec.durations)}"
+            f"use {choices(spec.durations)}"
         )
     if len(rules.default_prompt) > spec.max_prompt_chars:
         raise ConfigError(
@@ -220,8 +220,8 @@ def _read_s3_prefix(uri: str, client: Any, rules: Rules) -> Manifest:
         raise ManifestError(f"no .jpg/.jpeg/.png pictures under s3://{bucket}/{listed}{found}")
     keys.sort()
 
-    duration, duration_error = _parse_duration("", rules)
-    prompt_error = _check_prompt(rules.default_prompt, rules)
+    duration, duration_error = parse_duration("", rules)
+    prompt_error = check_prompt(rules.default_prompt, rules)
     scheme_error = None if "s3" in rules.allowed_schemes else scheme_refused("s3", rules)
     taken: set[str] = set()
     rows: list[ManifestRow] = []
@@ -348,12 +348,12 @@ def _build(source: str, base: str, data: bytes, resolver: Resolver, rules: Rules
         row_id = cell("id").strip() or None
         image = cell("image").strip()
         prompt = cell("prompt").strip() or rules.default_prompt
-        duration, duration_error = _parse_duration(cell("duration"), rules)
-        id_error = _check_id(row_id, line, first_line_of)
+        duration, duration_error = parse_duration(cell("duration"), rules)
+        id_error = check_id(row_id, line, first_line_of)
         location, image_error = resolver.resolve(image) if image else (None, None)
         if not image and rules.spec.needs_image:
             image_error = "image is empty"
-        prompt_error = _check_prompt(prompt, rules)
+        prompt_error = check_prompt(prompt, rules)
         error = width_error or id_error or image_error or duration_error or prompt_error
         rows.append(
             ManifestRow(
@@ -368,61 +368,3 @@ def _build(source: str, base: str, data: bytes, resolver: Resolver, rules: Rules
             )
         )
     return Manifest(source=source, base=base, rows=rows, extra_columns=extra_columns)
-
-
-# ------------------------------------------------------------------------------ row checks
-
-
-def _choices(values: tuple[int, ...]) -> str:
-    words = [str(v) for v in values]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _parse_duration(raw: str, rules: Rules) -> tuple[int | None, str | None]:
-    spec = rules.spec
-    text = raw.strip()
-    if spec.durations is None:
-        if text:
-            return None, f"{spec.name} takes no duration (got {text!r}); leave it empty"
-        return None, None
-    if not text:
-        default = rules.default_duration
-        return (spec.default_duration if default is None else default), None
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if math.isfinite(number) and number.is_integer() and int(number) in spec.durations:
-        return int(number), None
-    use = f"use {_choices(spec.durations)}"
-    if not math.isfinite(number):
-        return None, f"duration {text!r} is not a number; {use}"
-    shown = str(int(number)) if number.is_integer() else text
-    return None, f"duration {shown} is not allowed for {spec.name}; {use}"
-
-
-def _check_prompt(prompt: str, rules: Rules) -> str | None:
-    spec = rules.spec
-    if len(prompt) > spec.max_prompt_chars:
-        return (
-            f"prompt has {len(prompt)} characters; {spec.name} takes at most "
-            f"{spec.max_prompt_chars}"
-        )
-    if not prompt and not spec.needs_image:
-        return f"prompt is empty; {spec.name} needs a prompt"
-    return None
-
-
-def _check_id(row_id: str | None, line: int, first_line_of: dict[str, int]) -> str | None:
-    if row_id is None:
-        return None
-    if not is_safe_id(row_id):
-        return (
-            f"id {show(row_id)} cannot name a file: no '/', '\\' or control characters, "
-            f"at most {MAX_ID_CHARS} characters"
-        )
-    folded = row_id.lower()
-    if folded in first_line_of:
-        return f"duplicate id {row_id!r} (first used on line {first_line_of[folded]})"
-    first_line_of[folded] = line
-    return None

@@ -24,7 +24,10 @@ __all__ = [
     "ErrorPage",
     "effective_status",
     "error_page",
+    "input_schema",
     "is_known_status",
+    "listed_price",
+    "model_entry",
     "model_names",
     "normalize_status",
     "parse_prediction",
@@ -188,6 +191,56 @@ def model_catalog(payload: object) -> dict[str, float | None]:
                         catalog[entry[key]] = _price(entry.get("price"))
                         break
     return catalog
+
+
+def model_entry(payload: object, model: str) -> Mapping[str, Any] | None:
+    """The models listing's entry for `model` (its `schema` URL, `price`, ...), or None."""
+    data: object = payload
+    if isinstance(payload, Mapping):
+        data = payload.get("data", payload.get("models", []))
+        if isinstance(data, Mapping):
+            data = data.get("models", data.get("items", []))
+    for entry in data if isinstance(data, list) else []:
+        if isinstance(entry, Mapping) and any(
+            entry.get(key) == model for key in ("model", "id", "name", "model_name")
+        ):
+            return entry
+    return None
+
+
+def listed_price(entry: Mapping[str, Any]) -> float | None:
+    """A listing entry's price in USD per run (None when it lists none)."""
+    return _price(entry.get("price"))
+
+
+def input_schema(document: object) -> Mapping[str, Any] | None:
+    """A model's published inputs: `components.schemas.Input` of its OpenAPI document,
+    with local `$ref`s of the object and its properties resolved; None if absent."""
+    if not isinstance(document, Mapping):
+        return None
+    schemas = document.get("components", {})
+    schemas = schemas.get("schemas", {}) if isinstance(schemas, Mapping) else {}
+    found = schemas.get("Input") if isinstance(schemas, Mapping) else None
+    found = _resolve(document, found)
+    if not isinstance(found, Mapping):
+        return None
+    props = found.get("properties")
+    if isinstance(props, Mapping):
+        found = {**found, "properties": {k: _resolve(document, v) for k, v in props.items()}}
+    return found
+
+
+def _resolve(document: Mapping[str, Any], node: object, depth: int = 0) -> object:
+    """Follow a local `{"$ref": "#/..."}` (a few levels at most)."""
+    while isinstance(node, Mapping) and isinstance(node.get("$ref"), str) and depth < 8:
+        ref = str(node["$ref"])
+        if not ref.startswith("#/"):
+            return node
+        target: object = document
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, Mapping) else None
+        node, depth = target, depth + 1
+    return node
 
 
 def _price(value: object) -> float | None:

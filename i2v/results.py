@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from i2v.lifecycle import not_processed, rejected
+from i2v.qc import is_flagged
 from i2v.run import Job, RowPlan, RowStatus
 from i2v.storage import Storage
 
@@ -35,6 +36,11 @@ COLUMNS: list[str] = [
     "completed_at",
     "line",
     "input_identity",
+    "video_duration_s",
+    "video_width",
+    "video_height",
+    "video_fps",
+    "qc",
 ]
 
 DTYPES: dict[str, str] = {
@@ -43,6 +49,10 @@ DTYPES: dict[str, str] = {
     "line": "Int64",
     "predict_time_s": "Float64",
     "cost_usd": "Float64",
+    "video_duration_s": "Float64",
+    "video_width": "Int64",
+    "video_height": "Int64",
+    "video_fps": "Float64",
 }
 
 
@@ -91,6 +101,11 @@ def result_rows(
             cost_usd=((rec.cost_usd or 0.0) if rec and is_primary else 0.0) if processed else None,
             submitted_at=rec.submitted_at if rec else None,
             completed_at=rec.completed_at if rec else None,
+            video_duration_s=rec.video_duration_s if rec and landed else None,
+            video_width=rec.video_width if rec and landed else None,
+            video_height=rec.video_height if rec and landed else None,
+            video_fps=rec.video_fps if rec and landed else None,
+            qc=rec.qc if rec and landed else None,
         )
         for col in extra_columns:
             base[col] = row.extras.get(col, "")
@@ -126,7 +141,10 @@ class RunSummary(BaseModel):
     stop_message: str | None = None
     stopped_by: str | None = None  # the signal that wound the run down ("SIGTERM")
     simulated: bool = False  # the provider was the simulator: nothing was really spent
+    command: list[str] | None = None  # the `i2v run` command line, when the CLI started it
     top_errors: list[tuple[str, int]] = Field(default_factory=list)
+    # Landed videos the quality check flagged: (row id, reasons), in table order.
+    qc_flagged: list[tuple[str, str]] = Field(default_factory=list)
     results_uri: str | None = None
 
     @property
@@ -149,6 +167,36 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     for status, n in Counter(frame["status"].dropna()).items():
         counts[str(status)] = int(n)
     return counts
+
+
+def qc_flags(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(row id, reasons) of every landed row whose video the quality check flagged."""
+    if "qc" not in frame.columns:
+        return []
+    return [
+        (str(i), str(q)) for i, q in zip(frame["id"], frame["qc"], strict=True) if is_flagged(q)
+    ]
+
+
+def qc_section(flagged: Sequence[tuple[str, str]], limit: int = 50) -> list[str]:
+    """Markdown lines listing the flagged videos (none when nothing was flagged)."""
+    if not flagged:
+        return []
+    lines = [
+        "",
+        f"## Videos flagged by the quality check ({len(flagged)})",
+        "",
+        "They are landed and paid for; nothing was deleted or paid again. Look at each "
+        "one; for another video change its prompt or picture (a rerun of the same input "
+        "keeps this one and pays nothing).",
+        "",
+        "| id | qc |",
+        "|---|---|",
+    ]
+    lines += [f"| {row_id} | {qc} |" for row_id, qc in flagged[:limit]]
+    if len(flagged) > limit:
+        lines.append(f"| … | {len(flagged) - limit} more in the results table (`qc` column) |")
+    return lines
 
 
 def top_errors(frame: pd.DataFrame, n: int = 5) -> list[tuple[str, int]]:

@@ -222,6 +222,9 @@ class RunControl:
         self.listeners = tuple(listeners)
         self.phases = tuple(phases)
         self.signal: str | None = None  # e.g. "SIGTERM", once one asked the run to stop
+        # The command that started the run (`i2v run ...`, paths absolute), kept in its
+        # summary so `i2v status` can tell the exact command to rerun or resubmit.
+        self.command: list[str] | None = None
         self._contexts: list[RunContext] = []
 
     def phase(self, name: str, **counts: int) -> None:

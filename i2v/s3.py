@@ -320,6 +320,26 @@ class S3Storage(Storage):
             raise s3_storage_error(exc, f"{self.uri}/{prefix}".rstrip("/"), "list") from exc
         return sorted(keys)
 
+    def list_versions(self, prefix: str = "") -> dict[str, str]:
+        """Key -> ETag of every object under `prefix`: a record's version, from the
+        listing alone (`i2v.status` reads only the records that changed)."""
+        check_prefix(prefix)
+        root = f"{self.prefix}/" if self.prefix else ""
+        found: dict[str, str] = {}
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=root + prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith("/"):
+                        found[obj["Key"][len(root) :]] = str(obj.get("ETag", ""))
+        except S3_ERRORS as exc:
+            raise s3_storage_error(exc, f"{self.uri}/{prefix}".rstrip("/"), "list") from exc
+        return found
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

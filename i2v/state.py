@@ -118,6 +118,13 @@ class InputRecord(BaseModel):
     video_key: str | None = None
     video_sha256: str | None = None
     video_bytes: int | None = None
+    # The landed video's quality check (`i2v.qc`): its facts and "ok" or the reasons it
+    # was flagged ("short:4.1s", "frozen", "undecodable"); None when not checked.
+    video_duration_s: float | None = None
+    video_width: int | None = None
+    video_height: int | None = None
+    video_fps: float | None = None
+    qc: str | None = None
     cost_usd: float | None = None
     # Who claimed the input for its submission: a run on this host whose process is gone
     # holds no live claim, whatever the clock says.

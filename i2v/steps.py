@@ -36,6 +36,7 @@ from i2v.errors import (
 from i2v.locations import presign_location, read_location
 from i2v.media import MAX_IMAGE_BYTES, check_mp4_file
 from i2v.models import build_inputs
+from i2v.qc import QcFacts, probe_video
 from i2v.run import Job, NotSubmitted, Rejected, RunAborted, RunContext, StopReason
 from i2v.state import HOST, NO_OUTPUT, PURGED, InputRecord, Phase, age_s, utcnow
 
@@ -346,6 +347,8 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
                 result = await ctx.client.download_output(record.output_url, sink)
             ctx.stats.downloads += 1
             await asyncio.to_thread(check_mp4_file, tmp)
+            # On the staged file, before it moves: S3 DESTs never download it again.
+            facts = await quality_check(ctx, job, tmp) if ctx.options.qc else None
             await asyncio.to_thread(ctx.dest.put_file, key, tmp, content_type="video/mp4")
         finally:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
@@ -357,8 +360,32 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
         video_bytes=result.bytes,
         error=None,
         error_code=None,
+        video_duration_s=facts.duration_s if facts else None,
+        video_width=facts.width if facts else None,
+        video_height=facts.height if facts else None,
+        video_fps=facts.fps if facts else None,
+        qc=facts.verdict if facts else None,
     )
     return await put(ctx, landed)
+
+
+async def quality_check(ctx: RunContext, job: Job, path: Path) -> QcFacts | None:
+    """Probe a landed video (`i2v.qc`). A flagged video still lands: it is paid for,
+    and deleting or re-paying is a person's call. None when the probe itself failed."""
+    expected = job.duration if job.duration is not None else ctx.spec.default_duration
+    try:
+        facts = await asyncio.to_thread(probe_video, path, expected_duration_s=expected)
+    except Exception as exc:  # a report, never a reason to lose the landing
+        ctx.log.warning("%s: the quality check could not run (%s)", job.name, exc)
+        return None
+    if not facts.ok:
+        ctx.log.warning(
+            "%s: the video is flagged by the quality check: %s; it stays landed and is "
+            "not paid again",
+            job.name,
+            facts.verdict,
+        )
+    return facts
 
 
 async def remember_output(ctx: RunContext, record: InputRecord) -> None:

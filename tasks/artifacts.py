@@ -3,13 +3,21 @@
 `ProgressReporter` turns the pipeline's "outcome" events into a progress artifact that
 moves as rows land; updates are coalesced (at most one per `min_interval_s`) and run in
 the background, so a slow Prefect API never slows the pipeline. `make_contact_sheet`
-grids one frame of each landed video into DEST/runs/<run-id>/contact_sheet.png.
+grids one frame of each landed video into DEST/runs/RUN_ID/contact_sheet.png.
+
+What the Prefect UI shows (checked in a browser): a markdown image renders only as a
+plain `![alt](url)` with an http(s) or `data:` URL, never nested in a link and never
+from `file://`. So the summary embeds the sheet as a presigned URL for an S3 DEST and as
+a small `data:` PNG for a folder DEST; links to files in a folder DEST are shown as
+their paths.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import logging
 import math
 import os
@@ -41,7 +49,13 @@ CONTACT_SHEET_NAME = "contact_sheet.png"
 # the motion the prompt asked for. Shorter videos give their last frame.
 FRAME_INDEX = 24
 MAX_SHEET_VIDEOS = 100  # beyond this a grid stops being readable (and costs downloads)
-PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's maximum: the UI link outlives the run
+MAX_PRESIGN_HOURS = 7 * 24  # SigV4's maximum
+RESULTS_LINK_KEY = "i2v-results-table"
+# The sheet embedded in a folder DEST's summary: a palette PNG shrunk until its data:
+# URI is this small (the artifact is stored in Prefect's database and sent to every
+# browser that opens the run).
+EMBED_MAX_BYTES = 300_000
+EMBED_MAX_WIDTH = 960
 
 
 class ProgressReporter:
@@ -204,6 +218,29 @@ def make_contact_sheet(
         The sheet's `key_uri` (local path or s3:// URI), or None when there are no
         videos. A video that cannot be read becomes a grey tile, never an error.
     """
+    made = _render_sheet(
+        storage,
+        video_keys,
+        run_id,
+        thumb_width=thumb_width,
+        columns=columns,
+        max_videos=max_videos,
+        workers=workers,
+    )
+    return None if made is None else storage.key_uri(made[1])
+
+
+def _render_sheet(
+    storage: Storage,
+    video_keys: Sequence[str],
+    run_id: str,
+    *,
+    thumb_width: int = 240,
+    columns: int = 4,
+    max_videos: int = MAX_SHEET_VIDEOS,
+    workers: int = 4,
+) -> tuple[PILImage.Image, str] | None:
+    """`make_contact_sheet`, returning the sheet itself and its key."""
     keys = list(dict.fromkeys(video_keys))  # duplicate rows share nothing on the sheet
     if not keys:
         return None
@@ -222,7 +259,25 @@ def make_contact_sheet(
         storage.put_file(key, png, content_type="image/png")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return storage.key_uri(key)
+    return sheet, key
+
+
+def embedded_png(image: PILImage.Image, *, max_bytes: int = EMBED_MAX_BYTES) -> str:
+    """A `data:image/png;base64,...` URI of `image`, at most `max_bytes` long: at most
+    EMBED_MAX_WIDTH px wide, 128 palette colours, shrunk further until it fits."""
+    from PIL import Image
+
+    rgb = image.convert("RGB")
+    width = min(EMBED_MAX_WIDTH, rgb.width)
+    while True:
+        height = max(1, round(rgb.height * width / rgb.width))
+        small = rgb if width == rgb.width else rgb.resize((width, height), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        small.quantize(colors=128).save(buf, format="PNG", optimize=True)
+        uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        if len(uri) <= max_bytes or width <= 64:
+            return uri
+        width = max(64, int(width * 0.7))
 
 
 def _frame_of(storage: Storage, key: str, width: int) -> PILImage.Image | None:
@@ -291,45 +346,101 @@ def _fit(text: str, width_px: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def sheet_link(storage: Storage, run_id: str) -> str | None:
-    """A URL a browser can open: a presigned GET on S3 (so the UI can show the image),
-    a file:// URL for a folder DEST."""
-    key = f"runs/{run_id}/{CONTACT_SHEET_NAME}"
+def web_link(storage: Storage, key: str, hours: float = 24.0) -> str | None:
+    """An http(s) URL a browser opens for `key`: a presigned GET valid `hours` (at most
+    SigV4's 7 days) on S3; None for a folder DEST (no URL reaches a local file from the
+    Prefect UI) or when presigning fails."""
     if isinstance(storage, LocalStorage):
-        return Path(storage.key_uri(key)).as_uri()
-    try:
-        return storage.presign_get(key, expires_s=PRESIGN_SECONDS)
-    except Exception as exc:
-        log.debug("cannot presign the contact sheet: %s", exc)
         return None
+    seconds = int(min(max(hours, 1 / 60), MAX_PRESIGN_HOURS) * 3600)
+    try:
+        return storage.presign_get(key, expires_s=seconds)
+    except Exception as exc:
+        log.debug("cannot presign %s: %s", storage.key_uri(key), exc)
+        return None
+
+
+def link_or_path(storage: Storage, key: str, hours: float = 24.0) -> str:
+    """What a link artifact points at: the presigned URL on S3, else a file:// URL (not
+    clickable from the UI; its text is the path)."""
+    url = web_link(storage, key, hours)
+    if url:
+        return url
+    where = storage.key_uri(key)
+    return Path(where).as_uri() if isinstance(storage, LocalStorage) else where
 
 
 async def publish_contact_sheet(
     storage: Storage,
     video_keys: Sequence[str],
     run_id: str,
+    *,
+    link_hours: float = 24.0,
     **options: Any,
 ) -> str:
     """Make the contact sheet, add a link artifact to it, and return markdown to embed
-    in the run summary ("" when there is nothing to show or the sheet failed)."""
+    in the run summary ("" when there is nothing to show or the sheet failed).
+
+    The summary shows the sheet as a plain markdown image: its presigned URL on S3, or
+    a small embedded PNG (`embedded_png`) for a folder DEST; the full-size file follows
+    as a link (S3) or its path (folder).
+    """
     from prefect.artifacts import acreate_link_artifact
 
     try:
-        where = await asyncio.to_thread(make_contact_sheet, storage, video_keys, run_id, **options)
+        made = await asyncio.to_thread(_render_sheet, storage, video_keys, run_id, **options)
     except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
         log.warning("contact sheet not written: %s", exc)
         return ""
-    if where is None:
+    if made is None:
         return ""
-    link = await asyncio.to_thread(sheet_link, storage, run_id) or where
+    sheet, key = made
+    where = storage.key_uri(key)
+    url = await asyncio.to_thread(web_link, storage, key, link_hours)
+    image = url or await asyncio.to_thread(embedded_png, sheet)
+    full = f"[{CONTACT_SHEET_NAME}]({url}) (`{where}`)" if url else f"`{where}`"
     with contextlib.suppress(Exception):
         await acreate_link_artifact(
-            link=link,
-            link_text=f"contact sheet of run {run_id}",
+            link=url or link_or_path(storage, key),
+            link_text=f"contact sheet of run {run_id}" + ("" if url else f": {where}"),
             key=CONTACT_SHEET_KEY,
             description=f"One frame of each landed video: {where}",
         )
-    return f"## Contact sheet\n\n[![contact sheet]({link})]({link})\n\n`{where}`\n"
+    return f"## Contact sheet\n\n![contact sheet of run {run_id}]({image})\n\nFull size: {full}\n"
+
+
+async def publish_results_link(storage: Storage, run_id: str, *, link_hours: float = 24.0) -> None:
+    """A link artifact (key RESULTS_LINK_KEY) to this run's results table,
+    DEST/runs/RUN_ID/results.csv: presigned on S3, the file's path for a folder DEST."""
+    from prefect.artifacts import acreate_link_artifact
+
+    key = f"runs/{run_id}/results.csv"
+    link = await asyncio.to_thread(link_or_path, storage, key, link_hours)
+    where = storage.key_uri(key)
+    try:
+        await acreate_link_artifact(
+            link=link,
+            link_text=f"results table of run {run_id} (CSV)"
+            + ("" if link.startswith("http") else f": {where}"),
+            key=RESULTS_LINK_KEY,
+            description=f"This run's table, one row per manifest row: {where}",
+        )
+    except Exception as exc:  # a view, never a reason for the run to fail
+        log.debug("results link artifact not created: %s", exc)
+
+
+def video_links(storage: Storage, video_uris: Sequence[str | None], hours: float) -> list[str]:
+    """For the table artifact: each landed video as a link a browser opens (presigned,
+    S3), or its path (folder DEST); "" where there is no video."""
+    base = storage.key_uri("")
+    out = []
+    for uri in video_uris:
+        if not uri:
+            out.append("")
+            continue
+        key = uri[len(base) :].lstrip("/") if uri.startswith(base) else None
+        out.append((web_link(storage, key, hours) if key else None) or uri)
+    return out
 
 
 def summary_tail(

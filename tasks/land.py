@@ -6,19 +6,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from i2v import steps
-from i2v.batching import Batch, settle_each
+from i2v.batching import Batch
 from i2v.errors import OutputError, StorageError, TransportError
 from i2v.run import Job, RunContext
 from i2v.state import InputRecord
+from tasks._batch import carry_rows
 from tasks._retry import with_retries
 
 LAND_RETRY_DELAYS_S = (2.0, 8.0)
 LandItem = tuple[Job, InputRecord]
 
 
-@task(name="land", task_run_name="land-{label}", cache_policy=NO_CACHE)
+@task(name="land", task_run_name="land #{batch}", cache_policy=NO_CACHE)
 async def land(
-    ctx: RunContext, entries: Batch[LandItem, InputRecord], label: str
+    ctx: RunContext, entries: Batch[LandItem, InputRecord], batch: int
 ) -> tuple[int, int]:
     """For each entry: download the output to a staged file, check it is an mp4 and move
     it to videos/<id>.mp4 (copies for duplicate rows follow in `i2v.lifecycle`).
@@ -35,4 +36,4 @@ async def land(
             LAND_RETRY_DELAYS_S,
         )
 
-    return await settle_each(entries, one)
+    return await carry_rows(entries, one, verb="landing")

@@ -167,7 +167,26 @@ def test_publish_contact_sheet_links_and_embeds(tmp_path: Path) -> None:
     markdown, empty = asyncio.run(publish())
     sheet = tmp_path / "dest" / "runs" / "run-5" / "contact_sheet.png"
     assert sheet.exists() and empty == ""
-    assert f"]({sheet.as_uri()})" in markdown
+    # The UI renders only a plain image with an http(s) or data: URL: a folder DEST's
+    # sheet is embedded (small), the full-size file named by its path.
+    assert "![contact sheet of run run-5](data:image/png;base64," in markdown
+    assert "[![" not in markdown and "file://" not in markdown
+    assert f"Full size: `{sheet}`" in markdown
     link = _artifact(CONTACT_SHEET_KEY)
     assert link is not None and link.type == "markdown"  # link artifacts render as markdown
-    assert sheet.as_uri() in link.data
+    assert str(sheet) in link.data
+
+
+def test_embedded_sheet_stays_small_however_many_videos() -> None:
+    import base64
+    import io
+
+    from tasks.artifacts import embedded_png
+
+    noise = Image.effect_noise((4 * 246, 25 * 160), 90).convert("RGB")  # worst case: noise
+    uri = embedded_png(noise, max_bytes=200_000)
+    assert uri.startswith("data:image/png;base64,") and len(uri) <= 200_000
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as small:
+        assert small.format == "PNG" and small.width < noise.width
+    photo = Image.open(EXAMPLES / "astronaut.png")
+    assert len(embedded_png(photo)) <= 300_000

@@ -40,6 +40,7 @@ LIMIT = 3
 WORKERS = ("i2v-w1", "i2v-w2")
 SECRET_BLOCK = "atlascloud-test-key"
 SECRET_VALUE = f"sk-block-{uuid.uuid4().hex}"
+DEPLOYMENTS = ("i2v-batch/batch", "i2v-fanout/fanout", "i2v-inbox/inbox", "i2v-shard/shard")
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _client(url: str) -> Any:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A prefect server, the pool, the limit, the three deployments and two workers."""
+    """A prefect server, the pool, the limit, the four deployments and two workers."""
     home = tmp_path_factory.mktemp("prefect-home")
     inbox = tmp_path_factory.mktemp("inbox")
     port = free_port()
@@ -178,7 +179,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.cli("gcl", "create", "atlascloud", "--limit", str(LIMIT))
         s.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
         with _client(url) as client:
-            for name in ("i2v-batch/batch", "i2v-fanout/fanout", "i2v-inbox/inbox"):
+            for name in DEPLOYMENTS:
                 s.deployments[name] = client.read_deployment_by_name(name)
             # The inbox schedule would tick every 10 minutes: not during this test.
             inbox_dep = s.deployments["i2v-inbox/inbox"]
@@ -199,7 +200,8 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
     batch = stack.deployments["i2v-batch/batch"]
     fanout = stack.deployments["i2v-fanout/fanout"]
     inbox = stack.deployments["i2v-inbox/inbox"]
-    for dep in (batch, fanout, inbox):
+    shard = stack.deployments["i2v-shard/shard"]
+    for dep in (batch, fanout, inbox, shard):
         assert dep.work_pool_name == POOL
         assert dep.enforce_parameter_schema is True
         # The pull step runs the flows from this checkout, whatever the worker's cwd.
@@ -211,15 +213,25 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
     props = schema["properties"]
     assert schema["required"] == ["source", "dest"]
     assert props["source"]["type"] == "string" and props["dest"]["type"] == "string"
-    assert props["write_table"] == {**props["write_table"], "type": "boolean", "default": True}
-    options_ref = {a.get("$ref") for a in props["options"]["anyOf"]}
-    assert "#/definitions/BatchOptions" in options_ref
+    # The form a person fills: options expanded (not nullable, with its defaults), no
+    # fan-out internals (those are the shard deployment's), no simulator switch.
+    assert set(props) == {"source", "dest", "options"}
+    assert props["options"]["$ref"] == "#/definitions/BatchOptions"
+    assert "anyOf" not in props["options"] and props["options"]["default"]["concurrency"] == 8
+    assert set(shard.parameter_openapi_schema["properties"]) == {
+        "source",
+        "dest",
+        "lines",
+        "options",
+    }
     defs = schema["definitions"]
     opts = defs["BatchOptions"]["properties"]
     model = opts["model"]
     if "$ref" in model:  # an Enum class is a definition; a Literal is inline
         model = {**defs[model["$ref"].rsplit("/", 1)[1]], **model}
-    assert sorted(model["enum"]) == sorted(MODELS)
+    assert sorted(model["enum"]) == sorted(n for n, spec in MODELS.items() if spec.needs_image)
+    assert opts["poll_interval_s"]["title"] == "Poll interval (s)"
+    assert "simulator" not in defs["ApiSettings"]["properties"]
     assert model["default"] == "minimax/hailuo-2.3/i2v-standard"
     assert opts["duration"]["enum"] == [6, 10] and opts["duration"]["default"] == 6
     assert opts["concurrency"]["type"] == "integer" and opts["concurrency"]["default"] == 8
@@ -233,7 +245,8 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
 
     fprops = fanout.parameter_openapi_schema["properties"]
     assert fprops["shard_size"]["type"] == "integer" and fprops["shard_size"]["default"] == 50
-    assert fprops["deployment"]["default"] == "i2v-batch/batch"
+    assert fprops["deployment"]["default"] == "i2v-shard/shard"
+    assert fanout.parameters["deployment"] == "i2v-shard/shard"
     assert "BatchOptions" in fanout.parameter_openapi_schema["definitions"]
 
     iprops = inbox.parameter_openapi_schema["properties"]
@@ -253,6 +266,20 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
             batch.id, parameters={"source": "x.csv", "dest": "out", "options": {"duration": 7}}
         )
     assert info.value.response.status_code in (409, 422)
+    # ... and takes the form as it opens: its defaults pass the schema (a run scheduled
+    # far ahead, so no worker takes it).
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.states import Scheduled
+
+    with _client(stack.url) as client:
+        later = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=30))
+        run = client.create_flow_run_from_deployment(
+            batch.id,
+            parameters={"source": "x.csv", "dest": "out", "options": props["options"]["default"]},
+            state=later,
+        )
+        client.delete_flow_run(run.id)
 
 
 # ------------------------------------------------------------------------- fan-out
@@ -304,7 +331,7 @@ def test_fanout_over_two_workers_under_the_provider_cap(
         "expected_duration_s": 1.0,
         "timeout_s": 60,
         "global_concurrency_limit": "atlascloud",
-        "api": {"simulator": False, "base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
+        "api": {"base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
     }
     started = time.monotonic()
     with _client(stack.url) as client:
@@ -355,14 +382,14 @@ def test_fanout_over_two_workers_under_the_provider_cap(
     assert sim.stats.jobs_created == distinct
     assert set(sim.stats.submissions_per_input.values()) == {1}, "an input was paid twice"
 
-    # Four shards, each a flow run of the batch deployment under the parent, on both workers.
+    # Four shards, each a flow run of the shard deployment under the parent, on both workers.
     assert len(shard_runs) == 4
-    batch_id = stack.deployments["i2v-batch/batch"].id
+    shard_id = stack.deployments["i2v-shard/shard"].id
     for run in shard_runs:
-        assert run.deployment_id == batch_id
+        assert run.deployment_id == shard_id
         assert run.parent_task_run_id is not None, "a shard is not linked as a subflow"
         assert run.state is not None and run.state.is_completed()
-        assert run.parameters["write_table"] is False and run.parameters["lines"]
+        assert run.parameters["lines"] and "write_table" not in run.parameters
     lines = [n for r in shard_runs for n in r.parameters["lines"]]
     assert sorted(lines) == sorted(table["line"]), "every row in exactly one shard"
     took: dict[str, str] = {}

@@ -299,10 +299,13 @@ def test_two_runs_ticking_together_process_each_manifest_once(
     assert set(simulator.stats.submissions_per_input.values()) == {1}
 
 
-def test_unset_deployment_parameters_are_refused(tmp_path: Path) -> None:
-    from i2v.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="I2V_INBOX"):
-        asyncio.run(i2v_inbox.fn(inbox="", dest_root=str(tmp_path)))
-    with pytest.raises(ConfigError, match="dest_root"):
-        asyncio.run(i2v_inbox.fn(inbox=str(tmp_path), dest_root="{{ $I2V_DEST_ROOT }}"))
+@pytest.mark.usefixtures("prefect_harness")
+def test_unset_deployment_parameters_do_nothing_and_say_what_to_set(tmp_path: Path) -> None:
+    """A schedule deployed before its configuration ticks quietly (tests/test_ui.py checks
+    the tick's state and its one log line)."""
+    report = asyncio.run(i2v_inbox(inbox="", dest_root=str(tmp_path)))
+    assert report.not_configured and "set inbox " in report.not_configured
+    assert "I2V_INBOX" in report.not_configured and not report.processed
+    report = asyncio.run(i2v_inbox(inbox=str(tmp_path), dest_root="{{ $I2V_DEST_ROOT }}"))
+    assert report.not_configured and "set dest_root " in report.not_configured
+    assert not list(tmp_path.iterdir()), "an unconfigured tick writes nothing"

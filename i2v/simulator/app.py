@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from i2v.models import DEFAULT_MODEL, MODELS
+from i2v.simulator.catalog import input_schema_document, listing_entry
 from i2v.simulator.config import SimulatorConfig
 from i2v.simulator.inputs import (
     ApiError,
@@ -44,13 +44,14 @@ from i2v.simulator.inputs import (
     synthesize_picture,
 )
 from i2v.simulator.media import MediaStore, off_loop_if_large
-from i2v.simulator.outputs import stream_video
+from i2v.simulator.outputs import corrupt_mp4, stream_video
 from i2v.simulator.pages import cloudflare_block, error_response, interstitial, iso, ok
-from i2v.simulator.render import cached_render, parse_motion
+from i2v.simulator.render import STILL, cached_render, parse_motion
 from i2v.simulator.stats import SimulatorStats
 
 MODERATION_ERROR_CODE = 1039
 _CONTROL_PATHS = ("/_sim/stats", "/_sim/config", "/_sim/reset")
+Defect = Literal["short", "frozen", "corrupt"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Job:
     latency_s: float
     outcome: Literal["completed", "failed", "stuck"]
     no_output: bool = False  # completes without listing an output URL
+    # A broken video it serves (the defect triggers): too short, frozen, or corrupt.
+    defect: Defect | None = None
 
     @property
     def ends_at(self) -> float:
@@ -77,6 +80,19 @@ class Job:
 
     def status(self, now: float) -> str:
         return "processing" if now < self.ends_at else self.outcome
+
+
+def _defect(cfg: SimulatorConfig, prompt: str) -> Defect | None:
+    """The defect a prompt asks for through the trigger knobs (lower-cased prompt)."""
+    triggers: tuple[tuple[Defect, str], ...] = (
+        ("short", cfg.short_trigger),
+        ("frozen", cfg.frozen_trigger),
+        ("corrupt", cfg.corrupt_trigger),
+    )
+    for defect, trigger in triggers:
+        if trigger and trigger.lower() in prompt:
+            return defect
+    return None
 
 
 def _header(scope: Scope, wanted: bytes) -> str:
@@ -121,6 +137,7 @@ class Simulator:
                 Route("/api/v1/model/generateVideo", self._generate, methods=["POST"]),
                 Route("/api/v1/model/prediction/{id}", self._prediction, methods=["GET"]),
                 Route("/api/v1/models", self._models, methods=["GET"]),
+                Route("/_sim/schemas/{name:path}", self._schema, methods=["GET"]),
                 Route("/_sim/media/{token}", self._media_file, methods=["GET"]),
                 Route("/_sim/outputs/{id}.mp4", self._output, methods=["GET"]),
                 Route("/_sim/stats", self._stats, methods=["GET"]),
@@ -290,6 +307,7 @@ class Simulator:
             latency_s=max(0.0, latency),
             outcome=outcome,
             no_output=outcome == "completed" and self._roll(cfg.completed_without_output_rate),
+            defect=_defect(cfg, lowered),
         )
         self.jobs[job.id] = job
         self._accepted_jobs += 1
@@ -354,23 +372,24 @@ class Simulator:
         )
 
     async def _models(self, request: Request) -> Response:
-        entries = []
-        for name in self.config.known_models:
-            spec = MODELS.get(name) or dataclasses.replace(MODELS[DEFAULT_MODEL], name=name)
-            entries.append(
-                {
-                    "model": name,
-                    "type": "video",
-                    "input": "image" if spec.needs_image else "text",
-                    "durations": list(spec.durations) if spec.durations else None,
-                    **(
-                        {"price": {"actual": self.config.catalog_prices[name], "unit": "run"}}
-                        if name in self.config.catalog_prices
-                        else {}
-                    ),
-                }
-            )
-        return ok(entries)
+        base = self._base_url(request)
+        prices = self.config.catalog_prices
+        return ok(
+            [
+                listing_entry(name, base, prices.get(name), index=i)
+                for i, name in enumerate(self.config.known_models)
+            ]
+        )
+
+    async def _schema(self, request: Request) -> Response:
+        name = request.path_params["name"].removesuffix(".json")
+        if name not in self.config.known_models:
+            raise ApiError(404, f"no schema for model {name!r}")
+        try:
+            document = input_schema_document(name, self.config.schema_drift)
+        except ValueError as exc:
+            raise ApiError(500, str(exc)) from None
+        return JSONResponse(document)
 
     # ---- /_sim ----
 
@@ -392,18 +411,20 @@ class Simulator:
                 status_code=403,
                 media_type="application/xml",
             )
+        cfg = self.config
         video = await anyio.to_thread.run_sync(
             partial(
                 cached_render,
                 self.media.blob(job.image_sha),
                 image_sha=job.image_sha,
-                motion=job.motion,
-                duration_s=job.duration_s,
+                motion=STILL if job.defect == "frozen" else job.motion,
+                duration_s=cfg.short_output_s if job.defect == "short" else job.duration_s,
                 width=job.width,
                 fps=job.fps,
             )
         )
-        cfg = self.config
+        if job.defect == "corrupt":
+            video = corrupt_mp4(video)
         total = len(video)
         if cfg.pad_output_to_bytes >= total + 8:
             total = cfg.pad_output_to_bytes

@@ -27,6 +27,13 @@ class SimulatorConfig:
     rate_5xx: float = 0.0  # probability a prediction poll / output download answers 500/503
     moderation_trigger: str = "nsfw"  # prompt containing it -> failed, error_code 1039
     stuck_trigger: str = "never finishes"  # prompt containing it -> processing forever
+    # Broken videos, for the quality check: a prompt containing the trigger completes
+    # normally, but its video is short (lasts short_output_s), frozen (every frame the
+    # same picture), or corrupt (an mp4 `ftyp` box, then bytes no decoder reads).
+    short_trigger: str = "short clip"
+    short_output_s: float = 4.1
+    frozen_trigger: str = "frozen clip"
+    corrupt_trigger: str = "corrupt file"
     balance_jobs: int | None = None  # after this many accepted jobs, generate refuses
     balance_status: int = 402  # ... with this status ("insufficient balance" either way)
     generate_delay_s: float = 0.0  # the job is created, THEN the answer waits this long
@@ -51,6 +58,9 @@ class SimulatorConfig:
     status_aliases: dict[str, str] = field(default_factory=dict)
     # The models listing's price per model (USD per run); absent models list no price.
     catalog_prices: dict[str, float] = field(default_factory=dict)
+    # The published input schema disagrees with what the pipeline sends (the listing's
+    # `schema` URL): any of "renamed_field", "new_required_field", "other_durations".
+    schema_drift: tuple[str, ...] = ()
     seed: int | None = None  # RNG seed for the probabilities
 
     def update(self, changes: Mapping[str, Any]) -> None:

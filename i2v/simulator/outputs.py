@@ -13,6 +13,16 @@ class DownloadCut(Exception):
     """Raised mid-stream on purpose (`download_failures`): the server drops the connection."""
 
 
+def corrupt_mp4(video: bytes) -> bytes:
+    """The same length, its first box (`ftyp`) kept, everything after it garbage: it
+    passes a header check but no decoder reads it."""
+    head = int.from_bytes(video[:4], "big") if len(video) >= 8 else 0
+    head = head if 8 <= head <= len(video) else min(len(video), 32)
+    pattern = b"\xde\xad\xbe\xef-not-a-video-"
+    rest = len(video) - head
+    return video[:head] + (pattern * (rest // len(pattern) + 1))[:rest]
+
+
 def _free_box_header(size: int) -> bytes:
     """Header of a top-level ISO-BMFF 'free' box of `size` bytes in total."""
     if size < 2**32:

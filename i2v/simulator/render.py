@@ -32,6 +32,9 @@ MOTIONS = (
     "orbit",
 )
 DEFAULT_MOTION = "slow_push"
+# Not a camera move a prompt can ask for: every frame the same picture (a frozen clip,
+# the `frozen_trigger` knob).
+STILL = "still"
 
 # Verb phrases per motion; the earliest one in the prompt wins.
 _MOTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -92,6 +95,8 @@ def _camera(motion: str, t: float) -> tuple[float, float, float, float]:
     window right, so the content slides left in the frame.
     """
     p = _ease(t)
+    if motion == STILL:
+        return 0.9, 0.5, 0.5, 0.0
     if motion == "pan_left":
         return 0.8, 0.59 - 0.18 * p, 0.5, 0.0
     if motion == "pan_right":
@@ -142,12 +147,13 @@ def render_video(
     image_bytes: bytes,
     *,
     motion: str = DEFAULT_MOTION,
-    duration_s: int = 6,
+    duration_s: float = 6,
     width: int = 320,
     fps: int = 24,
 ) -> bytes:
-    """An H.264 mp4 of `duration_s * fps` frames moving the camera over the picture."""
-    if motion not in MOTIONS:
+    """An H.264 mp4 of `duration_s * fps` frames moving the camera over the picture
+    (`STILL`: not moving at all)."""
+    if motion not in MOTIONS and motion != STILL:
         raise ValueError(f"unknown motion {motion!r}; known: {', '.join(MOTIONS)}")
     with Image.open(io.BytesIO(image_bytes)) as im:
         src = im.convert("RGB")
@@ -246,7 +252,7 @@ def cached_render(
     image_bytes: bytes,
     *,
     motion: str,
-    duration_s: int,
+    duration_s: float,
     width: int,
     fps: int,
     image_sha: str | None = None,

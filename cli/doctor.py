@@ -1,0 +1,223 @@
+"""`i2v doctor [--config F] [--dest D]`: is everything ready before money is spent?
+
+One line per check with ✓ or ✗ and, for ✗, what to do (`i2v.doctor` holds the checks);
+only calls that cost nothing. The Prefect checks are here, since nothing in `i2v`
+imports Prefect: the API is reachable, and the global concurrency limit the config
+names exists. Registered on the app by `cli.main`. Exit codes: 0 all good, 2 otherwise.
+The key is never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from i2v.doctor import Check
+
+DOCTOR_EXAMPLES = """Examples:
+
+\b
+  i2v doctor --config configs/atlascloud.yaml --dest s3://bucket/videos/run1
+  i2v doctor --config configs/local.yaml --dest out/demo
+
+Exit codes: 0 every check passed, 2 something needs fixing (each ✗ says what to do)."""
+
+PREFECT_TIMEOUT_S = 20.0
+
+
+def doctor(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="YAML options: configs/local.yaml (simulator) or configs/atlascloud.yaml.",
+        ),
+    ] = None,
+    dest: Annotated[
+        str | None,
+        typer.Option(
+            "--dest", metavar="DEST", help="Also check this folder or s3://bucket/prefix."
+        ),
+    ] = None,
+) -> None:
+    """Check the API host, the key, the model and its published input schema, the
+    price, DEST (and S3) and the Prefect API, using only calls that cost nothing."""
+    from cli.main import _usage_error, run_async
+    from i2v.config import load_options
+    from i2v.doctor import Check, exit_code
+    from i2v.errors import ConfigError
+
+    try:
+        options = load_options(config)
+    except ConfigError as exc:
+        raise typer.Exit(_usage_error(exc)) from None
+    where = f"config {config}" if config else "default options (no --config)"
+    first = Check(True, f"{where}: model {options.model}, duration {options.duration} s")
+    checks = [first, *run_async(_checks(options, dest))]
+    for check in checks:
+        typer.echo(check.render())
+    raise typer.Exit(exit_code(checks))
+
+
+async def _checks(options: Any, dest: str | None) -> list[Check]:
+    from i2v.client import AtlasClient
+    from i2v.doctor import api_checks
+    from i2v.retry import RetryPolicy
+    from i2v.session import Timeouts
+
+    handle = None
+    if options.api.simulator:
+        from i2v.simulator.server import start_simulator
+
+        handle = await asyncio.to_thread(start_simulator, port=0, latency_s=0.1)
+        key: str | None = "simulator-local-key"
+        base_url: str | None = handle.url
+        source = "in-process simulator: no key needed"
+    else:
+        key, source = _key(options)
+        base_url = options.api.base_url
+    try:
+        # A doctor answers in seconds: one retry, short timeouts.
+        async with AtlasClient(
+            api_key=key or "no-key-given",  # never sent: the key check is skipped
+            base_url=base_url,
+            user_agent=options.api.user_agent,
+            retry=RetryPolicy(max_attempts=2, base_delay_s=0.25),
+            timeouts=Timeouts(connect_s=5.0, read_s=15.0),
+            max_connections=4,
+        ) as client:
+            checks = await api_checks(
+                client, client if key else None, key_source=source, options=options
+            )
+    finally:
+        if handle is not None:
+            await asyncio.to_thread(handle.stop)
+    if dest:
+        checks += await asyncio.to_thread(_dest_checks, options, dest)
+    checks += await _prefect_checks(options.global_concurrency_limit)
+    return checks
+
+
+def _key(options: Any) -> tuple[str | None, str]:
+    """(the key or None, where it came from); the key itself is never shown."""
+    block = options.api.api_key_secret_block
+    if block:
+        from flows.common import resolve_api_key  # Prefect: only when a block is named
+        from i2v.errors import ConfigError
+
+        try:
+            return resolve_api_key(options), f"from the Prefect Secret block {block!r}"
+        except ConfigError as exc:
+            return None, str(exc)
+        except Exception as exc:
+            return None, f"the Prefect Secret block {block!r} cannot be read ({exc})"
+    if os.environ.get("ATLASCLOUD_API_KEY", "").strip():
+        return os.environ["ATLASCLOUD_API_KEY"].strip(), "from ATLASCLOUD_API_KEY"
+    return None, "ATLASCLOUD_API_KEY is not set"
+
+
+def _dest_checks(options: Any, dest: str) -> list[Check]:
+    from i2v.doctor import Check, check_dest, check_s3
+    from i2v.errors import ConfigError
+    from i2v.storage import open_storage
+
+    checks: list[Check] = []
+    s3 = None
+    if dest.strip().lower().startswith("s3://"):
+        import boto3
+
+        from i2v.s3 import make_s3_client, split_s3_uri
+
+        session = boto3.session.Session()
+        if options.aws_credentials_block:
+            from flows.common import s3_client_for  # Prefect: only when a block is named
+
+            s3 = s3_client_for(options)
+        else:
+            s3 = make_s3_client(session)
+        try:
+            bucket, _ = split_s3_uri(dest.strip())
+        except ConfigError as exc:
+            return [Check(False, f"DEST {dest}: {exc}", "give s3://bucket/prefix")]
+        checks.append(check_s3(bucket, s3, session))
+    try:
+        storage = open_storage(dest, s3_client=s3)
+    except ConfigError as exc:
+        return [*checks, Check(False, f"DEST {dest}: {exc}", "give a folder or s3://bucket/prefix")]
+    return [*checks, check_dest(storage)]
+
+
+async def _prefect_checks(limit_name: str | None) -> list[Check]:
+    """The Prefect API answers, and the global concurrency limit exists (the only
+    checks that import Prefect)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from i2v.doctor import Check
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return [
+            Check(
+                True,
+                "Prefect: no API set (PREFECT_API_URL): `i2v run` starts a temporary local "
+                "one, so no global concurrency limit caps it; deployments need a server",
+            )
+        ]
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    checks: list[Check] = []
+    try:
+        async with get_client() as client:
+            problem = await asyncio.wait_for(client.api_healthcheck(), PREFECT_TIMEOUT_S)
+            if problem is not None:
+                raise problem
+            checks.append(Check(True, f"Prefect API {url} answers"))
+            if not limit_name:
+                return checks
+            try:
+                limit = await asyncio.wait_for(
+                    client.read_global_concurrency_limit_by_name(limit_name), PREFECT_TIMEOUT_S
+                )
+            except ObjectNotFound:
+                checks.append(
+                    Check(
+                        False,
+                        f"Prefect global concurrency limit {limit_name!r} does not exist: "
+                        "each run keeps only to its own --concurrency",
+                        f"prefect gcl create {limit_name} --limit 20 (the provider cap across "
+                        "all runs), or set global_concurrency_limit: null",
+                    )
+                )
+                return checks
+            if not limit.active:
+                checks.append(
+                    Check(
+                        False,
+                        f"Prefect global concurrency limit {limit_name!r} is inactive",
+                        f"prefect gcl update {limit_name} --enable",
+                    )
+                )
+            else:
+                checks.append(
+                    Check(
+                        True,
+                        f"Prefect global concurrency limit {limit_name!r}: {limit.limit} slots "
+                        f"({limit.active_slots} in use)",
+                    )
+                )
+    except Exception as exc:
+        checks.append(
+            Check(
+                False,
+                f"Prefect API {url} does not answer ({type(exc).__name__}: {exc})",
+                "start it (prefect server start) or fix PREFECT_API_URL",
+            )
+        )
+    return checks

@@ -1,0 +1,57 @@
+"""`i2v status DEST [--json]`: what a DEST holds and what needs a person (no API call).
+
+Registered on the app by `cli.main`. Exit codes: 0 nothing needs a person, 1 something
+does, 2 usage or storage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+STATUS_EXAMPLES = """Examples:
+
+\b
+  i2v status out/demo
+  i2v status s3://bucket/videos/run1 --json | jq .needs_person
+
+Reads DEST/_state/, DEST/results.parquet and DEST/runs/*/summary.json; calls no API.
+Exit codes: 0 nothing needs a person, 1 something does (listed with what to do),
+2 usage or storage error."""
+
+
+def status(
+    dest: Annotated[
+        str,
+        typer.Argument(
+            help="A folder or s3://bucket/prefix written by i2v run.", show_default=False
+        ),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (for scripts).")
+    ] = False,
+) -> None:
+    """Say what DEST holds: rows and inputs by status, money spent, the last runs, and
+    the rows that need a person, each with what to do."""
+    from cli.main import _usage_error
+    from i2v.errors import ConfigError, StorageError
+    from i2v.status import dest_status, render_text
+    from i2v.storage import LocalStorage, open_storage
+
+    try:
+        storage = open_storage(dest)
+        if isinstance(storage, LocalStorage) and not storage.root.is_dir():
+            raise ConfigError(f"no DEST at {storage.root}: the folder does not exist")
+        found = dest_status(storage)
+    except ConfigError as exc:
+        raise typer.Exit(_usage_error(exc)) from None
+    except StorageError as exc:
+        raise typer.Exit(_usage_error(exc, "storage error")) from None
+    if as_json:
+        sys.stdout.write(json.dumps(found.as_json(), indent=1) + "\n")
+    else:
+        typer.echo(render_text(found))
+    raise typer.Exit(found.exit_code)
