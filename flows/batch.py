@@ -259,6 +259,7 @@ async def _batch(
     summary = await publish_run(
         ctx, opened, jobs, source, started, publish=write_table, after=steps.last_runs()
     )
+    control.phase("done")
     if ctx.stop_reason in (StopReason.AUTH, StopReason.MODEL):
         raise RunAborted(ctx.stop_message or "run aborted")
     return summary
