@@ -12,8 +12,7 @@ import os
 from i2v._constants import API_KEY_ENV
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError
-from i2v.manifest import read_manifest
-from i2v.models import get_model
+from i2v.manifest import read_manifest_for
 from i2v.storage import open_storage
 
 
@@ -33,12 +32,5 @@ def precheck(source: str, dest: str, options: BatchOptions) -> int:
         from i2v.s3 import make_s3_client
 
         s3 = make_s3_client()
-    manifest = read_manifest(
-        source,
-        spec=get_model(str(options.model)),
-        default_prompt=options.prompt,
-        default_duration=options.duration,
-        allow_outside_base=options.allow_outside_base,
-        s3_client=s3,
-    )
+    manifest = read_manifest_for(source, options, s3)
     return len(manifest.rows)

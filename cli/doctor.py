@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from cli.options import ConfigFile
 
 if TYPE_CHECKING:
     from i2v.doctor import Check
@@ -31,14 +32,7 @@ PREFECT_TIMEOUT_S = 20.0
 
 
 def doctor(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            metavar="FILE",
-            help="YAML options: configs/local.yaml (simulator) or configs/atlascloud.yaml.",
-        ),
-    ] = None,
+    config: ConfigFile = None,
     dest: Annotated[
         str | None,
         typer.Option(

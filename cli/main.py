@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cli.doctor import DOCTOR_EXAMPLES
 from cli.doctor import doctor as doctor_command
+from cli.options import ConfigFile
 from cli.status import STATUS_EXAMPLES
 from cli.status import status as status_command
 from i2v.config import load_options
@@ -100,14 +101,7 @@ def run(
     dest: Annotated[
         str, typer.Option("--dest", metavar="DEST", help="A folder or s3://bucket/prefix.")
     ],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            metavar="FILE",
-            help="YAML options: configs/local.yaml (simulator) or configs/atlascloud.yaml.",
-        ),
-    ] = None,
+    config: ConfigFile = None,
     concurrency: Annotated[
         int | None,
         typer.Option("--concurrency", metavar="N", help="Predictions in flight at once."),

@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from i2v._constants import MAX_ID_CHARS, SCHEME
+from i2v.config import BatchOptions
 from i2v.errors import ConfigError, ManifestError
 from i2v.fields import check_id, check_prompt, choices, parse_duration
-from i2v.models import ModelSpec
+from i2v.models import ModelSpec, get_model
 from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused
 from i2v.s3 import (
     S3_ERRORS,
@@ -368,3 +369,16 @@ def _build(source: str, base: str, data: bytes, resolver: Resolver, rules: Rules
             )
         )
     return Manifest(source=source, base=base, rows=rows, extra_columns=extra_columns)
+
+
+def read_manifest_for(source: str, options: BatchOptions, s3_client: Any = None) -> Manifest:
+    """`read_manifest` with a run's options (model, default prompt and duration, where
+    local pictures may live): what the CLI's pre-check and the flow both read."""
+    return read_manifest(
+        source,
+        spec=get_model(str(options.model)),
+        default_prompt=options.prompt,
+        default_duration=options.duration,
+        allow_outside_base=options.allow_outside_base,
+        s3_client=s3_client,
+    )

@@ -301,24 +301,7 @@ class S3Storage(Storage):
             raise s3_storage_error(exc, self.key_uri(src_key), "copy") from exc
 
     def list(self, prefix: str = "") -> list[str]:
-        check_prefix(prefix)
-        root = f"{self.prefix}/" if self.prefix else ""
-        keys: list[str] = []
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket,
-                Prefix=root + prefix,
-                PaginationConfig={"PageSize": self.list_page_size},
-            )
-            for page in pages:
-                keys.extend(
-                    obj["Key"][len(root) :]
-                    for obj in page.get("Contents", [])
-                    if not obj["Key"].endswith("/")  # folder markers made by consoles
-                )
-        except S3_ERRORS as exc:
-            raise s3_storage_error(exc, f"{self.uri}/{prefix}".rstrip("/"), "list") from exc
-        return sorted(keys)
+        return sorted(self.list_versions(prefix))
 
     def list_versions(self, prefix: str = "") -> dict[str, str]:
         """Key -> ETag of every object under `prefix`: a record's version, from the

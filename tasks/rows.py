@@ -9,8 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from i2v.config import BatchOptions
 from i2v.errors import StorageError
-from i2v.manifest import Manifest, read_manifest
-from i2v.models import get_model
+from i2v.manifest import Manifest, read_manifest_for
 from i2v.rows import check_rows
 from i2v.run import RowPlan
 from tasks._retry import retry_on
@@ -28,14 +27,7 @@ def read_rows(source: str, options: BatchOptions, s3_client: Any = None) -> Mani
 
     A manifest that cannot be used raises ManifestError before anything is paid.
     """
-    return read_manifest(
-        source,
-        spec=get_model(str(options.model)),
-        default_prompt=options.prompt,
-        default_duration=options.duration,
-        allow_outside_base=options.allow_outside_base,
-        s3_client=s3_client,
-    )
+    return read_manifest_for(source, options, s3_client)
 
 
 @task(name="check-pictures", cache_policy=NO_CACHE)
