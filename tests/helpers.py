@@ -201,3 +201,24 @@ def kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], what: str
 
 def state_records(dest: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in (dest / "_state").glob("*.json")]
+
+
+def read_artifacts(*, key: str | None = None, flow_run_id: Any = None) -> list[Any]:
+    """Artifacts from the Prefect API, newest first, filtered on the server (a session's
+    harness holds many runs' artifacts: a plain `limit` would miss the newest)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    wanted = ArtifactFilter(
+        key=ArtifactFilterKey(any_=[key]) if key else None,
+        flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id else None,
+    )
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(artifact_filter=wanted, sort=ArtifactSort.CREATED_DESC, limit=200)
+        )

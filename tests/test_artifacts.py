@@ -21,7 +21,7 @@ from tasks.artifacts import (
     make_contact_sheet,
     publish_contact_sheet,
 )
-from tests.helpers import EXAMPLES
+from tests.helpers import EXAMPLES, read_artifacts
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -35,10 +35,7 @@ def _outcome(status: str) -> Any:
 
 
 def _artifact(key: str) -> Any:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        found = [a for a in client.read_artifacts(limit=200) if a.key == key]
+    found = [a for a in read_artifacts(key=key) if a.key == key]
     return max(found, key=lambda a: str(a.created)) if found else None
 
 

@@ -20,6 +20,7 @@ from tests.helpers import (
     EXAMPLES,
     cli_run,
     options_for,
+    read_artifacts,
     run_batch,
     sim_config,
     state_records,
@@ -123,14 +124,12 @@ def _defect_rows() -> list[dict[str, str]]:
 
 
 def _flow_artifact(run_id: str, key: str) -> Any:
-    from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
-        found = [
-            a
-            for a in client.read_artifacts(limit=200)
-            if a.key == key and str(a.flow_run_id).startswith(run_id.rsplit("-", 1)[1])
-        ]
+    found = [
+        a
+        for a in read_artifacts(key=key)
+        if a.key == key and str(a.flow_run_id).startswith(run_id.rsplit("-", 1)[1])
+    ]
     return found[0] if found else None
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from i2v.state import HOST, InputRecord, Phase, StateStore, utcnow
 from i2v.storage import open_storage
-from tests.helpers import REPO, cli_run, sim_config, state_records, write_manifest
+from tests.helpers import REPO, cli_run, read_artifacts, sim_config, state_records, write_manifest
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -273,7 +273,6 @@ def test_s3_status_without_the_bucket_is_a_storage_error(s3_endpoint: str) -> No
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_status_flow_publishes_a_markdown_artifact(tmp_path: Path) -> None:
-    from prefect.client.orchestration import get_client
 
     from flows.status import STATUS_ARTIFACT_KEY, i2v_status
 
@@ -283,12 +282,13 @@ def test_the_status_flow_publishes_a_markdown_artifact(tmp_path: Path) -> None:
     assert state.is_completed()
     body = state.result()
     assert body["exit_code"] == 1 and body["inputs"] == 1
-    with get_client(sync_client=True) as client:
-        arts = [
-            a
-            for a in client.read_artifacts(limit=200)
-            if a.key == STATUS_ARTIFACT_KEY and a.flow_run_id == state.state_details.flow_run_id
-        ]
+    arts = [
+        a
+        for a in read_artifacts(
+            key=STATUS_ARTIFACT_KEY, flow_run_id=state.state_details.flow_run_id
+        )
+        if a.key == STATUS_ARTIFACT_KEY and a.flow_run_id == state.state_details.flow_run_id
+    ]
     assert len(arts) == 1
     assert f"# i2v status of `{tmp_path}`" in arts[0].data
     assert "## failed, error 1039" in arts[0].data and "change the picture" in arts[0].data

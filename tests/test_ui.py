@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from i2v.media import is_mp4_header
-from tests.helpers import EXAMPLES, cli_run, options_for, run_batch, sim_config
+from tests.helpers import EXAMPLES, cli_run, options_for, read_artifacts, run_batch, sim_config
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -39,10 +39,15 @@ def _demo(tmp_path: Path) -> Path:
 def _flow_run(run_id: str) -> Any:
     """The flow run of a summary's run id (its suffix is the flow run id's prefix)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
 
     prefix = run_id.rsplit("-", 1)[1]
     with get_client(sync_client=True) as client:
-        found = [r for r in client.read_flow_runs(limit=200) if str(r.id).startswith(prefix)]
+        found = [
+            r
+            for r in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=200)
+            if str(r.id).startswith(prefix)
+        ]
     assert len(found) == 1, found
     return found[0]
 
@@ -62,10 +67,8 @@ def _task_runs(flow_run_id: Any) -> list[Any]:
 
 
 def _artifacts(flow_run_id: Any) -> dict[str, Any]:
-    from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(limit=200)
+    found = read_artifacts(flow_run_id=flow_run_id)
     return {str(a.key): a for a in found if a.flow_run_id == flow_run_id and a.key}
 
 
@@ -187,11 +190,12 @@ def test_cli_runs_are_tagged_and_record_absolute_paths(
     )
     assert result.exit_code == 0, result.output
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         runs = [
             r
-            for r in client.read_flow_runs(limit=200)
+            for r in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=200)
             if r.parameters.get("source") == str(manifest)
         ]
     assert len(runs) == 1, "the CLI's flow run records the absolute source"
