@@ -6,7 +6,7 @@
                             done:   copies                final / hold: nothing
 
 `advance` walks those transitions with whatever `Steps` it is given (Prefect tasks in
-the flow, direct calls in tests); `outcome_of` maps where it ended onto the results
+the flow, scripted steps in tests); `outcome_of` maps where it ended onto the results
 table's status. Nothing here talks to Prefect.
 """
 

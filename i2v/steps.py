@@ -3,7 +3,7 @@
 Each takes the run context, the job and the record it starts from, and returns the new
 record (already durable when it matters); none changes the job or anything else the
 caller holds. `i2v.lifecycle.advance` decides which step runs next; the flow layer runs
-them as micro-batched Prefect tasks, tests call `DirectSteps`.
+them as micro-batched Prefect tasks (`flows.batch.PrefectSteps`).
 """
 
 from __future__ import annotations
@@ -409,22 +409,3 @@ async def video_present(ctx: RunContext, record: InputRecord) -> bool:
     return bool(record.video_key) and await asyncio.to_thread(
         ctx.dest.exists, str(record.video_key)
     )
-
-
-class DirectSteps:
-    """The steps called directly, one row at a time (tests, scripts)."""
-
-    def __init__(self, ctx: RunContext) -> None:
-        self.ctx = ctx
-
-    async def upload(self, job: Job) -> str:
-        return await upload(self.ctx, job)
-
-    async def generate(self, job: Job, record: InputRecord | None, image_url: str) -> InputRecord:
-        return await generate(self.ctx, job, record, image_url)
-
-    async def poll(self, job: Job, record: InputRecord) -> InputRecord:
-        return await poll(self.ctx, job, record)
-
-    async def land(self, job: Job, record: InputRecord) -> InputRecord:
-        return await land(self.ctx, job, record)
