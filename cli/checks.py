@@ -1,7 +1,8 @@
 """What `i2v run` checks before Prefect starts, so a usage error answers in a second.
 
-The config, the key's presence, the manifest (exists, readable, has `image`) and the
-DEST's form: nothing here calls the API or pays. The flow checks all of it again,
+The config, the key's presence, the DEST's form (`check_setup`, before the temporary
+server is started) and the manifest (exists, readable, has `image`: `count_rows`, while
+it starts): nothing here calls the API or pays. The flow checks all of it again,
 because a deployment run never passes through the CLI.
 """
 
@@ -12,13 +13,11 @@ import os
 from i2v._constants import API_KEY_ENV
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError
-from i2v.manifest import read_manifest_for
 from i2v.storage import open_storage
 
 
-def precheck(source: str, dest: str, options: BatchOptions) -> int:
-    """Raise a ConfigError, ManifestError or StorageError for what would stop the run;
-    return the manifest's number of rows."""
+def check_setup(dest: str, options: BatchOptions) -> None:
+    """Raise a ConfigError or StorageError for a missing key or a DEST of the wrong form."""
     needs_key = not (options.dry_run or options.api.simulator or options.api.api_key_secret_block)
     if needs_key and not os.environ.get(API_KEY_ENV, "").strip():
         raise ConfigError(
@@ -27,10 +26,16 @@ def precheck(source: str, dest: str, options: BatchOptions) -> int:
             "simulator"
         )
     open_storage(dest)  # the DEST's form: a folder (not a file) or s3://bucket/prefix
+
+
+def count_rows(source: str, options: BatchOptions) -> int:
+    """Raise a ManifestError (or StorageError) for a manifest that would stop the run;
+    return its number of rows."""
+    from i2v.manifest import read_manifest_for
+
     s3 = None
     if source.startswith("s3://"):
         from i2v.s3 import make_s3_client
 
         s3 = make_s3_client()
-    manifest = read_manifest_for(source, options, s3)
-    return len(manifest.rows)
+    return len(read_manifest_for(source, options, s3).rows)

@@ -41,6 +41,21 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _cli_log(verbose: bool) -> None:
+    """With --verbose, the CLI's own start-up lines (cli.prefect_api), in Prefect's format."""
+    log = logging.getLogger("i2v.cli")
+    if verbose and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
+            )
+        )
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def _quiet_prefect(verbose: bool) -> None:
     """Keep Prefect's per-task console lines out of the progress bar (the UI keeps them)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -140,6 +155,7 @@ def run(
 ) -> None:
     """Run SOURCE through the batch flow into DEST (videos/<id>.mp4, results.parquet/.csv)."""
     _quiet_prefect(verbose)
+    _cli_log(verbose)
     try:
         options = load_options(
             config,
@@ -181,18 +197,43 @@ def _command_line(source: str, dest: str, config: Path | None, flags: dict[str, 
     return argv
 
 
+# Loaded while Prefect's temporary server starts (cli.prefect_api), not on the way to
+# the first video or after the last: the Prefect-free library, the results table's
+# pandas and pyarrow, the video check's av and the picture check's PIL.
+PRELOAD = (
+    *("i2v.lifecycle", "i2v.client", "cli.progress"),
+    *("pandas", "pyarrow.parquet", "av", "PIL.Image"),
+)
+
+
 def _run_flow(
     source: str, dest: str, options: Any, *, verbose: bool, command: list[str] | None = None
 ) -> int:
-    from cli.checks import precheck
+    import importlib
+
+    from cli.checks import check_setup, count_rows
+    from cli.prefect_api import PrefectApi, PrefectUnavailable
 
     try:
-        rows = precheck(source, dest, options)
+        check_setup(dest, options)
+    except ConfigError as exc:
+        return _usage_error(exc)
+    except StorageError as exc:
+        return _usage_error(exc, "storage error")
+    # From here the server starts in the background; a usage error exits without it.
+    api = PrefectApi.start()
+    try:
+        rows = count_rows(source, options)
     except (ConfigError, ManifestError) as exc:
         return _usage_error(exc)
     except StorageError as exc:
         return _usage_error(exc, "storage error")
-    # Imported only now: a usage error never waits for Prefect (or its temporary server).
+    for name in PRELOAD:
+        importlib.import_module(name)
+    try:
+        api.use()  # before anything imports Prefect
+    except PrefectUnavailable as exc:
+        return _usage_error(exc)
     from prefect import tags
 
     from cli.progress import RunProgress
@@ -201,14 +242,16 @@ def _run_flow(
     from i2v.run import RunAborted, RunControl
 
     _hide_user_errors_from_prefect_console()
+    logging.getLogger("i2v.cli").info("Loaded and checked: %d rows", rows)
     progress = RunProgress(err, total=rows, simulated=options.api.simulator)
     control = RunControl([progress.listener], [progress.phase])
     control.command = command
     try:
         # Tagged like the deployments' runs, so one filter in the UI finds them all.
         with progress, controlled(control), tags("i2v"):
+            api.wait_ready()
             summary = run_async(i2v_batch(_absolute(source), _absolute(dest), options))
-    except (ConfigError, ManifestError, RunAborted) as exc:
+    except (ConfigError, ManifestError, RunAborted, PrefectUnavailable) as exc:
         return _usage_error(exc)
     except StorageError as exc:
         return _usage_error(exc, "storage error")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -34,12 +35,13 @@ from i2v.batching import Batch, MicroBatcher
 from i2v.claims import Records
 from i2v.concurrency import AdaptiveLimiter
 from i2v.config import BatchOptions
-from i2v.lifecycle import action_for, run_job
+from i2v.lifecycle import action_for, run_jobs
 from i2v.models import get_model
 from i2v.preflight import preflight
 from i2v.results import RunSummary, qc_flags, result_rows, status_counts, top_errors
 from i2v.rows import group_jobs, load_records
 from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReason
+from i2v.sheet import SheetFrames
 from i2v.state import Action, InputRecord, StateStore
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 from tasks.generate import GenerateItem, generate
@@ -70,8 +72,11 @@ class PrefectSteps:
     def __init__(self, ctx: RunContext, *, after: UUID | None = None) -> None:
         self._ctx = opaque(ctx)
         self._start = after
-        self._run_of: dict[Batch[Any, Any], UUID] = {}  # each batch's task run
-        self._last: dict[str, UUID] = {}  # each input's latest task run
+        # Each live batch's task run; a batch (and the records its rows carried) is let
+        # go once its rows have moved on.
+        self._run_of: weakref.WeakKeyDictionary[Batch[Any, Any], UUID] = weakref.WeakKeyDictionary()
+        self._last: dict[str, UUID] = {}  # each live input's latest task run
+        self._ended: set[UUID] = set()  # the task runs where settled rows ended
         self._upload: MicroBatcher[Job, str] = self._batcher(upload)
         self._generate: MicroBatcher[GenerateItem, InputRecord] = self._batcher(generate)
         self._poll: MicroBatcher[PollItem, InputRecord] = self._batcher(poll)
@@ -101,8 +106,9 @@ class PrefectSteps:
         try:
             return await entry.future
         finally:
-            if entry.batch is not None and entry.batch in self._run_of:
-                self._last[job.identity] = self._run_of[entry.batch]
+            run_id = self._run_of.get(entry.batch) if entry.batch is not None else None
+            if run_id is not None:
+                self._last[job.identity] = run_id
 
     async def upload(self, job: Job) -> str:
         return await self._through(self._upload, job, job)
@@ -116,9 +122,16 @@ class PrefectSteps:
     async def land(self, job: Job, record: InputRecord) -> InputRecord:
         return await self._through(self._land, job, (job, record))
 
+    def settled(self, job: Job) -> None:
+        """The row is done: keep only where it ended (for the graph), not the row."""
+        last = self._last.pop(job.identity, None)
+        if last is not None:
+            self._ended.add(last)
+
     def last_runs(self) -> list[UUID]:
         """The task runs where rows ended: what the results table follows in the graph."""
-        return sorted(set(self._last.values()), key=str) or ([self._start] if self._start else [])
+        ended = self._ended | set(self._last.values())
+        return sorted(ended, key=str) or ([self._start] if self._start else [])
 
     async def close(self) -> None:
         """Close every open batch and wait for its task run to end.
@@ -208,7 +221,8 @@ async def _batch(
 
     if options.dry_run:
         return dry_run_summary(context(), source, opened, jobs)
-    actions = {action_for(context(), job.record) for job in jobs}
+    deciding = context()
+    actions = {action_for(deciding, job.record) for job in jobs}
     needs_api = bool(actions & {Action.SUBMIT, Action.POLL, Action.LAND, Action.FOLLOW})
     # A landed input may need re-fetching if its video vanished from DEST: keep a client.
     needs_client = needs_api or Action.DONE in actions
@@ -236,11 +250,12 @@ async def _batch(
             client=client,
             listeners=(*control.listeners, reporter.listener),
             catalog_price_usd=catalog_price,
+            frames=SheetFrames() if write_table else None,
             **({"provider_slot": slot} if slot is not None else {}),
         )
         control.attach(ctx)
         steps = PrefectSteps(ctx, after=opened.checked_by)
-        rows = asyncio.gather(*(run_job(ctx, steps, job) for job in jobs))
+        rows = asyncio.ensure_future(run_jobs(ctx, steps, jobs, on_settled=steps.settled))
         try:
             await asyncio.shield(rows)
             await steps.close()
@@ -333,6 +348,7 @@ async def publish_run(
         frame=opaque(frame),
         summary=summary,
         publish=publish,
+        records=opaque(ctx.records),
     )
     sheet = ""
     if publish:  # a fan-out parent makes one sheet for all its shards
@@ -342,6 +358,7 @@ async def publish_run(
             [f"videos/{i}.mp4" for i in landed],
             ctx.run_id,
             link_hours=ctx.options.link_hours,
+            frames=ctx.frames,
         )
     await publish_artifacts(
         frame,

@@ -29,8 +29,7 @@ from i2v.errors import ConfigError
 from i2v.lifecycle import dry_run_counts
 from i2v.manifest import Manifest
 from i2v.results import RunSummary, qc_flags, qc_section
-from i2v.run import Job, RowPlan, RunContext, RunControl
-from i2v.s3 import make_s3_client
+from i2v.run import Job, RowPlan, RowStatus, RunContext, RunControl
 from i2v.session import Timeouts
 from i2v.storage import Storage, open_storage
 from tasks.rows import check_pictures, read_rows
@@ -38,6 +37,9 @@ from tasks.rows import check_pictures, read_rows
 SIMULATOR_KEY = "simulator-local-key"
 log = logging.getLogger("i2v.flows")
 TABLE_ARTIFACT_COLUMNS = ["id", "status", "error", "error_code", "prediction_id", "video_uri"]
+# Rows in the table artifact: Prefect keeps it in its database and sends it whole to each
+# browser that opens the run; the results table in DEST has every row.
+TABLE_ARTIFACT_ROWS = 1000
 
 T = TypeVar("T")
 
@@ -241,6 +243,8 @@ def s3_client_for(options: BatchOptions) -> Any:
 
         creds: Any = AwsCredentials.load(options.aws_credentials_block, _sync=True)  # type: ignore[call-arg]
         session = creds.get_boto3_session()
+    from i2v.s3 import make_s3_client  # boto3 only for S3 locations
+
     return make_s3_client(session)
 
 
@@ -489,7 +493,8 @@ async def publish_artifacts(
     from tasks.artifacts import publish_results_link, summary_tail, video_links
 
     cols = TABLE_ARTIFACT_COLUMNS
-    table = frame[cols].astype(object).where(frame[cols].notna(), "")
+    shown = artifact_rows(frame)
+    table = shown[cols].astype(object).where(shown[cols].notna(), "")
     if storage is not None:
         table["video_uri"] = await asyncio.to_thread(
             video_links, storage, list(table["video_uri"]), link_hours
@@ -498,7 +503,13 @@ async def publish_artifacts(
     await acreate_table_artifact(
         key="i2v-results",
         table=[{str(k): v for k, v in row.items()} for row in table.to_dict(orient="records")],
-        description=f"Results of {title} into {summary.dest}",
+        description=f"Results of {title} into {summary.dest}"
+        + (
+            ""
+            if len(shown) == len(frame)
+            else f" ({len(shown)} of {len(frame)} rows: every row that did not land first; "
+            f"all of them in {summary.results_uri or 'DEST/results.csv'})"
+        ),
     )
     spend = f"${summary.spent_usd:.2f}" + (" (simulated)" if summary.simulated else "")
     lines = [
@@ -523,6 +534,16 @@ async def publish_artifacts(
     await acreate_markdown_artifact(
         key=summary_key, markdown="\n".join(lines), description=f"i2v {title}"
     )
+
+
+def artifact_rows(frame: Any, limit: int = TABLE_ARTIFACT_ROWS) -> Any:
+    """At most `limit` rows of the table, in table order: the rows that did not land
+    (those need a person) before the landed ones."""
+    if len(frame) <= limit:
+        return frame
+    landed = frame["status"] == str(RowStatus.LANDED)
+    room = max(0, limit - int((~landed).sum()))
+    return frame[~landed | (landed.cumsum() <= room)].head(limit)
 
 
 def dry_run_summary(

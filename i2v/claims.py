@@ -12,8 +12,11 @@ already holds something further along for the same prediction.
 from __future__ import annotations
 
 import threading
+import zlib
+from collections.abc import Iterator, Mapping
 
 from i2v.state import InputRecord, Phase, StateStore
+from i2v.status_index import indexed
 
 # How far along a record is, for the same prediction: a later write never goes back.
 _RANK = {
@@ -37,11 +40,31 @@ class Records:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self._versions: dict[str, str | None] = {}
+        # Where `i2v status` keeps an index, also the record each version stands for,
+        # for `latest`: deflated, ~360 B a record (its JSON is ~1.4 KB, parsed ~4.7 KB).
+        self._latest: dict[str, tuple[str, bytes]] | None = {} if indexed(store.storage) else None
         self._lock = threading.Lock()
 
-    def _seen(self, identity: str, version: str | None) -> None:
+    def _seen(self, identity: str, version: str | None, record: InputRecord | None) -> None:
+        kept = None
+        if self._latest is not None and version is not None and record is not None:
+            kept = (version, _pack(record))
         with self._lock:
             self._versions[identity] = version
+            if self._latest is not None:
+                if kept is not None:
+                    self._latest[identity] = kept
+                else:
+                    self._latest.pop(identity, None)
+
+    def latest(self) -> Mapping[str, tuple[str, bytes]]:
+        """Record key -> (version, record JSON) of each record as this run last read or
+        wrote it: what `i2v.status_index.refresh_index` takes. Each record is inflated
+        as it is looked up, so the run's records never sit in memory as JSON all at
+        once. Empty where no index is kept."""
+        with self._lock:
+            held = dict(self._latest or {})
+        return _Latest(self.store, held)
 
     def _version(self, identity: str) -> str | None:
         with self._lock:
@@ -50,7 +73,7 @@ class Records:
     def get(self, identity: str) -> InputRecord | None:
         """The current record (None: never claimed), remembering its version."""
         record, version = self.store.get_versioned(identity)
-        self._seen(identity, version)
+        self._seen(identity, version, record)
         return record
 
     def _write(self, record: InputRecord) -> bool:
@@ -58,7 +81,7 @@ class Records:
         new = self.store.replace(record, self._version(record.identity))
         if new is None:
             return False
-        self._seen(record.identity, new)
+        self._seen(record.identity, new, record)
         return True
 
     def claim(self, intent: InputRecord) -> InputRecord | None:
@@ -101,4 +124,84 @@ class Records:
         current, version = self.store.get_versioned(identity)
         if current is not None and version == self._version(identity):
             self.store.delete(identity)
-            self._seen(identity, None)
+            self._seen(identity, None, None)
+
+
+class _Latest(Mapping[str, tuple[str, bytes]]):
+    """`Records.latest`: record keys over a snapshot of identity -> (version, packed)."""
+
+    def __init__(self, store: StateStore, held: dict[str, tuple[str, bytes]]) -> None:
+        self._store = store
+        self._held = held
+
+    def _identity(self, key: object) -> str | None:
+        if not isinstance(key, str):
+            return None
+        identity = key.removeprefix(self._store.prefix).removesuffix(".json")
+        return identity if self._store.key(identity) == key else None
+
+    def __contains__(self, key: object) -> bool:  # without inflating the record
+        return self._identity(key) in self._held
+
+    def __getitem__(self, key: str) -> tuple[str, bytes]:
+        identity = self._identity(key)
+        if identity is None or identity not in self._held:
+            raise KeyError(key)
+        version, packed = self._held[identity]
+        return version, _unpack(packed)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._store.key(identity) for identity in self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+# Records differ from one another mostly in their hashes, ids and times: deflated
+# against a full sample record they keep about a quarter of their JSON's size.
+_SAMPLE = (
+    InputRecord(
+        identity="0" * 64,
+        model="minimax/hailuo-2.3/i2v-standard",
+        picture_sha256="0" * 64,
+        prompt="slow push in on the subject",
+        duration=6,
+        phase=Phase.LANDED,
+        prediction_id="0" * 32,
+        attempts=1,
+        submit_started_at="2026-01-01T00:00:00.000Z",
+        submitted_at="2026-01-01T00:00:00.000Z",
+        completed_at="2026-01-01T00:00:00.000Z",
+        predict_time_s=60.0,
+        output_url="https://example.com/outputs/0.mp4",
+        video_key="videos/0.mp4",
+        video_sha256="0" * 64,
+        video_bytes=1000000,
+        video_duration_s=6.0,
+        video_width=1280,
+        video_height=720,
+        video_fps=24.0,
+        qc="ok",
+        cost_usd=0.28,
+        owner_run="20260101T000000Z-00000000",
+        owner_host="host",
+        owner_pid=1,
+        updated_at="2026-01-01T00:00:00.000Z",
+        history=[
+            {"at": "2026-01-01T00:00:00.000Z", "phase": str(p), "run": "20260101T000000Z-00000000"}
+            for p in (Phase.SUBMITTING, Phase.SUBMITTED, Phase.SUCCEEDED, Phase.LANDED)
+        ],
+    )
+    .model_dump_json()
+    .encode()
+)
+
+
+def _pack(record: InputRecord) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=_SAMPLE)
+    return packer.compress(record.model_dump_json().encode()) + packer.flush()
+
+
+def _unpack(packed: bytes) -> bytes:
+    unpacker = zlib.decompressobj(-15, zdict=_SAMPLE)
+    return unpacker.decompress(packed) + unpacker.flush()

@@ -110,3 +110,60 @@ class Budget:
     def release(self, cost_usd: float) -> None:
         """The submission provably created no job: give the reservation back."""
         self.reserved_usd = max(0.0, self.reserved_usd - cost_usd)
+
+
+class LiveWindow:
+    """How many rows a run carries at once: memory grows with the concurrency, not the
+    manifest.
+
+    A row enters before its first step and counts as `ahead` until it leaves the
+    provider (its prediction is done, or it never needed one), then as landing until it
+    is settled. The producer admits the next row only when both bounds have room, so a
+    100,000-row manifest holds a few hundred live rows, never 100,000 coroutines.
+    `ahead` covers the rows in flight, those uploaded ahead of a slot and a small
+    read-ahead; `landing` lets finished rows land without holding up submissions.
+    One producer waits in `enter`; rows leave from any coroutine on the same loop.
+    """
+
+    def __init__(self, ahead: int, landing: int) -> None:
+        self.ahead_limit, self.landing_limit = max(1, ahead), max(1, landing)
+        self._ahead: set[str] = set()
+        self._live: set[str] = set()
+        self._room = asyncio.Event()
+        self.peak_live = 0
+        self.peak_ahead = 0
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live
+
+    async def enter(self, key: str) -> None:
+        """Wait until the window has room for one more row, then count it in."""
+        while not self._has_room():
+            self._room.clear()
+            await self._room.wait()
+        self._ahead.add(key)
+        self._live.add(key)
+        self.peak_live = max(self.peak_live, len(self._live))
+        self.peak_ahead = max(self.peak_ahead, len(self._ahead))
+
+    def _has_room(self) -> bool:
+        return (
+            len(self._ahead) < self.ahead_limit
+            and len(self._live) < self.ahead_limit + self.landing_limit
+        )
+
+    def leave_provider(self, key: str) -> None:
+        """The row needs the provider no more (it lands next): let the next row in."""
+        if key in self._ahead:
+            self._ahead.discard(key)
+            self._room.set()
+
+    def leave(self, key: str) -> None:
+        """The row is settled."""
+        self._ahead.discard(key)
+        self._live.discard(key)
+        self._room.set()

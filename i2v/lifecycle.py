@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,16 +68,91 @@ def action_for(ctx: RunContext, record: InputRecord | None) -> Action:
     )
 
 
-async def run_job(ctx: RunContext, steps: Steps, job: Job) -> JobOutcome:
-    """Carry one input as far as it goes in this run; log, announce and keep its outcome."""
-    outcome = await advance(ctx, job, job.record, steps)
-    job.outcome = outcome
+async def run_jobs(
+    ctx: RunContext,
+    steps: Steps,
+    jobs: Iterable[Job],
+    *,
+    on_settled: Callable[[Job], None] | None = None,
+) -> None:
+    """Carry every job as far as it goes in this run, a bounded window of rows at a time.
+
+    A bounded producer: a row gets its coroutine only when `ctx.window` has room, so
+    what a run holds grows with its concurrency, not its manifest. Rows with nothing to
+    do (final, held ambiguous, landed with every video in DEST, or not to be submitted
+    because the run stopped) settle here without a coroutine, a step or a log line of
+    their own: a rerun costs one listing of videos/ and microseconds per row. Each
+    settled row keeps only its result facts.
+    """
+    jobs = list(jobs)
+    present = await _videos_in_dest(ctx, jobs)
+    quiet = 0
+    live: set[asyncio.Task[None]] = set()
+
+    def settle(job: Job, outcome: JobOutcome, *, log: bool = True) -> None:
+        job.outcome, job.record = outcome.settled(), None
+        if log:
+            _log_outcome(ctx, job, outcome)
+        ctx.emit("outcome", job, outcome)
+        if on_settled is not None:
+            on_settled(job)
+
+    async def carry(job: Job) -> None:
+        try:
+            settle(job, await advance(ctx, job, job.record, steps))
+        finally:
+            ctx.window.leave(job.identity)
+
+    for job in jobs:
+        outcome = _settled_without_work(ctx, job, present)
+        if outcome is not None:
+            settle(job, outcome, log=False)
+            quiet += 1
+            continue
+        await ctx.window.enter(job.identity)
+        task = asyncio.create_task(carry(job))
+        live.add(task)
+        task.add_done_callback(live.discard)
+    if quiet:
+        ctx.log.info("%d inputs settled without work (landed, final or stopped)", quiet)
+    while live:
+        await asyncio.wait(set(live))
+
+
+def _log_outcome(ctx: RunContext, job: Job, outcome: JobOutcome) -> None:
     why = f" ({outcome.error})" if outcome.error and outcome.status != RowStatus.LANDED else ""
     ctx.log.info("%s: %s%s", job.name, outcome.status, why)
     for extra in job.rows[1:]:
         ctx.log.info("%s: %s (a copy of %s)%s", extra.row_id, outcome.status, job.name, why)
-    ctx.emit("outcome", job, outcome)
-    return outcome
+
+
+async def _videos_in_dest(ctx: RunContext, jobs: Sequence[Job]) -> frozenset[str]:
+    """The keys under videos/ when some landed input may need nothing (one listing)."""
+    if not any(action_for(ctx, job.record) is Action.DONE for job in jobs):
+        return frozenset()
+    return frozenset(await asyncio.to_thread(ctx.dest.list, "videos/"))
+
+
+def _settled_without_work(ctx: RunContext, job: Job, present: frozenset[str]) -> JobOutcome | None:
+    """The outcome of a row that needs no step in this run, or None if it needs one."""
+    action = action_for(ctx, job.record)
+    if action in (Action.FINAL, Action.HOLD_AMBIGUOUS):
+        return outcome_of(job.record)
+    if action is Action.DONE and _all_videos_in(job, job.record, present):
+        return outcome_of(job.record)
+    if action is Action.SUBMIT and ctx.stop_reason is not None:  # stopped: nothing new
+        return outcome_of(job.record, error=NotSubmitted(ctx.stop_message or "not submitted"))
+    return None
+
+
+def _all_videos_in(job: Job, record: InputRecord | None, present: Container[str]) -> bool:
+    """The landed video and every duplicate row's copy are in DEST."""
+    return (
+        record is not None
+        and bool(record.video_key)
+        and record.video_key in present
+        and all(plan.video_key in present for plan in job.rows)
+    )
 
 
 @dataclass
@@ -166,6 +241,7 @@ async def _walk(ctx: RunContext, job: Job, steps: Steps, walk: _Walk) -> JobOutc
 async def _land(
     ctx: RunContext, job: Job, record: InputRecord, steps: Steps, paid: float
 ) -> JobOutcome:
+    ctx.window.leave_provider(job.identity)
     if ctx.limiter.waiting:
         # Rows are queued for the slot this row just freed, and the provider sits idle
         # until they are sent: let them go first. Landing is not urgent (the output

@@ -16,13 +16,6 @@ import httpx
 
 from i2v._constants import SCHEME, MiB
 from i2v.errors import ConfigError, InputError, StorageError
-from i2v.s3 import (
-    S3_ERRORS,
-    default_s3_client,
-    s3_error_code,
-    s3_storage_error,
-    split_s3_uri,
-)
 
 HTTP_TIMEOUT_S = 60.0
 
@@ -78,6 +71,9 @@ def _read_file(path: Path, max_bytes: int | None) -> bytes:
 
 
 def _read_s3(uri: str, s3_client: Any | None, max_bytes: int | None) -> bytes:
+    # boto3 only for S3 pictures.
+    from i2v.s3 import S3_ERRORS, default_s3_client, s3_error_code, s3_storage_error, split_s3_uri
+
     try:
         bucket, key = split_s3_uri(uri)
     except ConfigError as exc:
@@ -138,6 +134,8 @@ def presign_location(uri: str, *, s3_client: Any | None = None, expires_s: int =
     """A presigned GET URL for an s3:// object (no request is made; existence unchecked)."""
     if uri[:5].lower() != "s3://":
         raise InputError(f"only s3:// locations can be presigned, not {uri!r}")
+    from i2v.s3 import S3_ERRORS, default_s3_client, s3_storage_error, split_s3_uri
+
     try:
         bucket, key = split_s3_uri(uri)
     except ConfigError as exc:

@@ -34,13 +34,6 @@ from i2v.errors import ConfigError, ManifestError
 from i2v.fields import check_id, check_prompt, choices, parse_duration
 from i2v.models import ModelSpec, get_model
 from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused
-from i2v.s3 import (
-    S3_ERRORS,
-    default_s3_client,
-    s3_error_code,
-    s3_error_detail,
-    split_s3_uri,
-)
 
 KNOWN_COLUMNS = ("image", "prompt", "duration", "id")
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -122,6 +115,8 @@ def read_manifest(
     if scheme == "s3":
         if not text[5:].partition("/")[0]:
             raise ManifestError(f"manifest source {text!r} names no bucket")
+        from i2v.s3 import default_s3_client  # boto3 only for an S3 manifest
+
         client = s3_client if s3_client is not None else default_s3_client()
         if text.lower().endswith(".csv"):
             return _read_s3_csv(text, client, rules)
@@ -173,6 +168,8 @@ def _read_local_csv(path: Path, rules: Rules) -> Manifest:
 
 
 def _read_s3_csv(uri: str, client: Any, rules: Rules) -> Manifest:
+    from i2v.s3 import S3_ERRORS, s3_error_code, s3_error_detail, split_s3_uri
+
     bucket, key = split_s3_uri(uri)
     try:
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -192,6 +189,8 @@ def _read_s3_csv(uri: str, client: Any, rules: Rules) -> Manifest:
 
 
 def _read_s3_prefix(uri: str, client: Any, rules: Rules) -> Manifest:
+    from i2v.s3 import S3_ERRORS, s3_error_code, s3_error_detail, split_s3_uri
+
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix.strip("/")
     listed = f"{prefix}/" if prefix else ""  # a folder: "pics" must not match "pics2/"

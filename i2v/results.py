@@ -7,15 +7,17 @@ import json
 import signal
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from pydantic import BaseModel, Field
 
 from i2v.lifecycle import not_processed, rejected
 from i2v.qc import is_flagged
 from i2v.run import Job, RowPlan, RowStatus
 from i2v.storage import Storage
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS: list[str] = [
     "id",
@@ -64,20 +66,18 @@ def result_rows(
     dest: Storage,
     extra_columns: Sequence[str],
 ) -> pd.DataFrame:
-    """Build the table from the checked rows and each job's outcome."""
+    """Build the table from the checked rows and each job's outcome.
+
+    Built column by column (no dict per row), so a 100,000-row table costs its columns
+    and not 100,000 dicts on top of them at the end of the run.
+    """
     by_identity = {job.identity: job for job in jobs}
-    records: list[dict[str, Any]] = []
+    carried = {c: carried_name(c) for c in extra_columns}
+    columns = table_columns(extra_columns)
+    data: dict[str, list[Any]] = {c: [] for c in columns}
+    add = {c: data[c].append for c in columns}
     for plan in plans:
         row = plan.row
-        base: dict[str, Any] = {
-            "id": plan.row_id,
-            "image": row.image,
-            "prompt": row.prompt,
-            "duration": row.duration,
-            "model": model,
-            "line": row.line,
-            "input_identity": plan.identity,
-        }
         job = by_identity.get(plan.identity or "")
         processed = not plan.error and job is not None and job.outcome is not None
         if processed:
@@ -85,39 +85,57 @@ def result_rows(
             outcome = job.outcome
         else:
             outcome = rejected(plan) if plan.error else not_processed()
-        rec = outcome.record
+        rec = outcome.shown
         is_primary = job is not None and job.primary is plan
         landed = outcome.status is RowStatus.LANDED
-        base.update(
-            status=str(outcome.status),
-            error=outcome.error,
-            error_code=outcome.error_code,
-            prediction_id=rec.prediction_id if rec else None,
-            video_uri=dest.key_uri(plan.video_key) if landed else None,
-            video_sha256=rec.video_sha256 if rec and landed else None,
-            video_bytes=rec.video_bytes if rec and landed else None,
-            predict_time_s=rec.predict_time_s if rec else None,
-            # The input's price once, on its first row; duplicates were copies.
-            cost_usd=((rec.cost_usd or 0.0) if rec and is_primary else 0.0) if processed else None,
-            submitted_at=rec.submitted_at if rec else None,
-            completed_at=rec.completed_at if rec else None,
-            video_duration_s=rec.video_duration_s if rec and landed else None,
-            video_width=rec.video_width if rec and landed else None,
-            video_height=rec.video_height if rec and landed else None,
-            video_fps=rec.video_fps if rec and landed else None,
-            qc=rec.qc if rec and landed else None,
+        kept = rec if landed else None  # what only a landed video has
+        add["id"](plan.row_id)
+        add["image"](row.image)
+        add["prompt"](row.prompt)
+        add["duration"](row.duration)
+        add["model"](model)
+        add["line"](row.line)
+        add["input_identity"](plan.identity)
+        add["status"](str(outcome.status))
+        add["error"](outcome.error)
+        add["error_code"](outcome.error_code)
+        add["prediction_id"](rec.prediction_id if rec else None)
+        add["video_uri"](dest.key_uri(plan.video_key) if landed else None)
+        add["video_sha256"](kept.video_sha256 if kept else None)
+        add["video_bytes"](kept.video_bytes if kept else None)
+        add["predict_time_s"](rec.predict_time_s if rec else None)
+        # The input's price once, on its first row; duplicates were copies.
+        add["cost_usd"](
+            ((rec.cost_usd or 0.0) if rec and is_primary else 0.0) if processed else None
         )
-        for col in extra_columns:
-            base[col] = row.extras.get(col, "")
-        records.append(base)
-    columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
-    frame = pd.DataFrame.from_records(records, columns=columns)
-    for col, dtype in DTYPES.items():
-        frame[col] = frame[col].astype(cast(Any, dtype))
-    for col in columns:
-        if col not in DTYPES:
-            frame[col] = frame[col].astype("string")
+        add["submitted_at"](rec.submitted_at if rec else None)
+        add["completed_at"](rec.completed_at if rec else None)
+        add["video_duration_s"](kept.video_duration_s if kept else None)
+        add["video_width"](kept.video_width if kept else None)
+        add["video_height"](kept.video_height if kept else None)
+        add["video_fps"](kept.video_fps if kept else None)
+        add["qc"](kept.qc if kept else None)
+        for col, name in carried.items():
+            add[name](row.extras.get(col, ""))
+    import pandas as pd  # deferred: importing the flows need not load pandas
+
+    frame = pd.DataFrame({c: pd.Series(data.pop(c), dtype=_dtype(c)) for c in columns})
     return frame
+
+
+def table_columns(extra_columns: Sequence[str]) -> list[str]:
+    """The results table's columns: ours, then the manifest's own, in its order."""
+    return COLUMNS + [carried_name(c) for c in extra_columns]
+
+
+def carried_name(column: str) -> str:
+    """A manifest's own column in the results: under its name, or `manifest_<name>` where
+    the name is one of ours (a CSV's `status` must not overwrite the run's)."""
+    return f"manifest_{column}" if column in COLUMNS else column
+
+
+def _dtype(column: str) -> Any:
+    return DTYPES.get(column, "string")
 
 
 class RunSummary(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from i2v._constants import is_safe_id
@@ -19,7 +20,7 @@ from i2v.manifest import Manifest, ManifestRow
 from i2v.media import MAX_IMAGE_BYTES, ImageInfo, check_image
 from i2v.models import build_inputs, get_model
 from i2v.run import Job, RowPlan
-from i2v.state import input_identity
+from i2v.state import InputRecord, input_identity
 
 
 async def check_rows(
@@ -36,48 +37,62 @@ async def check_rows(
     """
     spec = get_model(str(options.model))
     model_options = model_options_of(options)
-    gate = asyncio.Semaphore(workers)
-    # One read and decode per distinct picture, however many rows use it.
-    checked: dict[str, asyncio.Future[ImageInfo]] = {}
-
-    async def check_picture(row: ManifestRow) -> ImageInfo:
-        assert row.image_location is not None
-        pending = checked.get(row.image_location)
-        if pending is None:
-
-            async def read() -> ImageInfo:
-                async with gate:
-                    return await asyncio.to_thread(_read_and_check, row, s3_client)
-
-            pending = checked[row.image_location] = asyncio.ensure_future(read())
-        return await asyncio.shield(pending)
-
-    async def one(row: ManifestRow) -> RowPlan:
-        plan = RowPlan(row=row)
-        if row.error:
-            plan.error = row.error
-            return plan
-        try:
-            build_inputs(
-                spec, image="-", prompt=row.prompt, duration=row.duration, options=model_options
-            )
-            info = await check_picture(row)
-        except InputError as exc:
-            plan.error = str(exc)
-            return plan
+    plans = [RowPlan(row=row, error=row.error) for row in manifest.rows]
+    for plan in plans:
+        if plan.error is None:
+            try:
+                build_inputs(
+                    spec,
+                    image="-",
+                    prompt=plan.row.prompt,
+                    duration=plan.row.duration,
+                    options=model_options,
+                )
+            except InputError as exc:
+                plan.error = str(exc)
+    # One read and decode per distinct picture, however many rows use it; a pool of
+    # threads, not a coroutine per row (a 100,000-row manifest stays small).
+    first: dict[str, ManifestRow] = {}
+    for plan in plans:
+        if plan.error is None and plan.row.image_location is not None:
+            first.setdefault(plan.row.image_location, plan.row)
+    infos = await asyncio.to_thread(_check_all, list(first.values()), s3_client, workers)
+    checked = dict(zip(first, infos, strict=True))
+    for plan in plans:
+        if plan.error is not None:
+            continue
+        assert plan.row.image_location is not None
+        info = checked[plan.row.image_location]
+        if isinstance(info, str):
+            plan.error = info
+            continue
         plan.picture = info
         plan.identity = input_identity(
             picture_sha256=info.sha256,
-            prompt=row.prompt,
-            duration=row.duration if spec.durations else None,
+            prompt=plan.row.prompt,
+            duration=plan.row.duration if spec.durations else None,
             model=spec.name,
             options=model_options,
         )
-        return plan
-
-    plans = list(await asyncio.gather(*(one(r) for r in manifest.rows)))
     assign_row_ids(plans)
     return plans
+
+
+def _check_all(
+    rows: Sequence[ManifestRow], s3_client: Any | None, workers: int
+) -> list[ImageInfo | str]:
+    """Each row's picture checked (or the message why not), `workers` at a time."""
+
+    def one(row: ManifestRow) -> ImageInfo | str:
+        try:
+            return _read_and_check(row, s3_client)
+        except InputError as exc:
+            return str(exc)
+
+    if len(rows) <= 1:
+        return [one(r) for r in rows]
+    with ThreadPoolExecutor(max_workers=min(workers, len(rows))) as pool:
+        return list(pool.map(one, rows))
 
 
 def _read_and_check(row: ManifestRow, s3_client: Any | None) -> ImageInfo:
@@ -140,11 +155,12 @@ def group_jobs(plans: Sequence[RowPlan], options: BatchOptions) -> list[Job]:
 
 
 async def load_records(records: Records, jobs: Sequence[Job], workers: int = 32) -> None:
-    """Attach each job's durable record (one small read per input, in parallel)."""
-    gate = asyncio.Semaphore(workers)
+    """Attach each job's durable record (one small read per input, `workers` at once)."""
 
-    async def one(job: Job) -> None:
-        async with gate:
-            job.record = await asyncio.to_thread(records.get, job.identity)
+    def read_all() -> list[InputRecord | None]:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+            return list(pool.map(records.get, (job.identity for job in jobs)))
 
-    await asyncio.gather(*(one(j) for j in jobs))
+    if jobs:
+        for job, record in zip(jobs, await asyncio.to_thread(read_all), strict=True):
+            job.record = record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,13 +20,14 @@ from typing import Any
 
 from i2v.claims import Records
 from i2v.client import AtlasClient
-from i2v.concurrency import AdaptiveLimiter, Budget
+from i2v.concurrency import AdaptiveLimiter, Budget, LiveWindow
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
 from i2v.manifest import ManifestRow
 from i2v.media import ImageInfo
 from i2v.models import get_model
 from i2v.polling import DurationEstimator, PollSchedule
+from i2v.sheet import SheetFrames
 from i2v.state import InputRecord, StateStore
 from i2v.storage import Storage
 
@@ -77,15 +79,59 @@ class RowPlan:
         return f"videos/{self.row_id}.mp4"
 
 
+@dataclass(frozen=True, slots=True)
+class RecordFacts:
+    """What the results table shows of an input's record: all a settled row keeps.
+
+    A full record (with its history) is about 3.4 KB in memory, these facts a few
+    hundred bytes: a 100,000-row run keeps one of these per input, not the record.
+    """
+
+    prediction_id: str | None = None
+    video_sha256: str | None = None
+    video_bytes: int | None = None
+    predict_time_s: float | None = None
+    cost_usd: float | None = None
+    submitted_at: str | None = None
+    completed_at: str | None = None
+    video_duration_s: float | None = None
+    video_width: int | None = None
+    video_height: int | None = None
+    video_fps: float | None = None
+    qc: str | None = None
+
+    @classmethod
+    def of(cls, record: InputRecord | None) -> RecordFacts | None:
+        if record is None:
+            return None
+        return cls(**{name: getattr(record, name) for name in cls.__slots__})
+
+
 @dataclass(frozen=True)
 class JobOutcome:
-    """How one input ended in this run (decided by `i2v.lifecycle.outcome_of` only)."""
+    """How one input ended in this run (decided by `i2v.lifecycle.outcome_of` only).
+
+    `record` is where the input's record ended; a settled outcome keeps only its
+    `facts` (see `settled`).
+    """
 
     status: RowStatus
     error: str | None = None
     error_code: str | None = None
     record: InputRecord | None = None
     paid_usd: float = 0.0  # spent by THIS run on this input
+    facts: RecordFacts | None = None
+
+    @property
+    def shown(self) -> RecordFacts | None:
+        """The record's facts for the results table."""
+        return self.facts if self.record is None else RecordFacts.of(self.record)
+
+    def settled(self) -> JobOutcome:
+        """The same outcome, reduced to what the results table needs."""
+        if self.record is None:
+            return self
+        return dataclasses.replace(self, record=None, facts=RecordFacts.of(self.record))
 
 
 @dataclass
@@ -158,6 +204,7 @@ class RunContext:
         records: Records | None = None,
         catalog_price_usd: float | None = None,
         simulated: bool = False,
+        frames: SheetFrames | None = None,
     ) -> None:
         self.options = options
         self.model = str(options.model)
@@ -177,10 +224,17 @@ class RunContext:
         self.upload_gate = asyncio.Semaphore(max(4, min(32, options.concurrency)))
         self.land_gate = asyncio.Semaphore(max(4, min(16, options.concurrency)))
         self.prefetch = asyncio.Semaphore(options.concurrency * 2)
+        # Rows live at once: the prefetch bound plus a read-ahead, and as many landing.
+        self.window = LiveWindow(
+            ahead=options.concurrency * 2 + max(8, options.concurrency // 4),
+            landing=max(16, options.concurrency),
+        )
         self.uploads: dict[str, asyncio.Future[str]] = {}
         self.listeners = tuple(listeners)
         self.provider_slot = provider_slot
         self.simulated = simulated  # the provider is our simulator: spend is not real
+        # Contact-sheet tiles taken while each video is local (None: no sheet this run).
+        self.frames = frames
         # The provider's own price when its catalog lists one: budgets use the higher.
         self.catalog_price_usd = catalog_price_usd
         self.stop_reason: StopReason | None = None

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +37,54 @@ S3_PRECONDITION_CODES = frozenset(
     {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 )
 
-# Multipart uploads read one part per worker from the file, so memory stays near
-# chunksize * max_concurrency (32 MiB) however big the video is.
-# Memory per upload is about (parts in flight + parts read ahead) x part size: s3transfer
-# reads up to `max_in_memory_upload_chunks` (default 10, i.e. 80 MiB) ahead of the
-# senders. Measured: 3 videos of 300 MiB landing together grew the run by 65 MiB with
-# 4 parts in flight each; 2 in flight and 2 read ahead bound one upload to ~32 MiB.
-# Throughput comes from landing several videos at once, not from parts of one; but a
-# run lands up to 16 videos at once, so multipart transfers (uploads, and the contact
-# sheet's downloads) also take one of BIG_TRANSFERS_AT_ONCE places per storage: the
-# run's peak stays bounded however many big videos finish together. Objects under the
-# threshold (one request) skip the queue.
-BIG_TRANSFERS_AT_ONCE = 2
+# Big transfers run without s3transfer's threads, in the caller's (the landing's worker).
+# Profiled (benchmarks/s3_memory_profile.py), an S3 DEST's extra memory over a local one
+# was not live buffers (tracemalloc: under 10 MiB at the peak) but free memory kept by
+# glibc's per-thread malloc arenas: botocore reads every part in 1 MiB pieces (the SigV4
+# payload hash on http, the CRC32 checksum), downloads read 256 KiB ones, and glibc
+# serves such sizes from the asking thread's arena once its mmap threshold has risen,
+# keeping 2-5 MiB free in each. s3transfer's threads (new ones per call) spread that over
+# 16 arenas (glibc's cap on 2 cores): ~45 MiB free. In the caller's thread, 3 x 300 MiB
+# videos add +7 MiB instead of +31 (the profile; +1 for a local DEST).
+# Parts then go one after another, so BIG_TRANSFERS_AT_ONCE places per storage (multipart
+# uploads and the contact sheet's downloads; smaller objects skip the queue) keep 4
+# connections busy, as 2 videos x 2 parts did: throughput comes from moving several
+# videos at once. Still multipart (8 MiB parts; S3's minimum is 5): the object appears
+# only on CompleteMultipartUpload, and a failed upload is aborted. From a file, parts
+# are read lazily: nothing is read ahead into memory.
+BIG_TRANSFERS_AT_ONCE = 4
 UPLOAD_CONFIG = TransferConfig(
-    multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=2
+    multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, use_threads=False
 )
-UPLOAD_CONFIG.max_in_memory_upload_chunks = 2  # s3transfer's knob; boto3's init lacks it
-# Downloads (contact sheets of S3 videos): the default keeps 10 parts in flight and a
-# 25 MiB write queue; two parts and a short queue keep a 300 MiB video off the heap.
 DOWNLOAD_CONFIG = TransferConfig(
-    multipart_threshold=8 * MiB,
-    multipart_chunksize=8 * MiB,
-    max_concurrency=2,
-    max_io_queue=16,
+    multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, use_threads=False
 )
+
+
+def _libc_malloc_trim() -> Any:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc's; musl, macOS and Windows lack it
+    except (AttributeError, OSError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
+def give_back_free_memory() -> None:
+    """Return the pages malloc holds free to the system (glibc only; else nothing).
+
+    After a big transfer: its part buffers raised glibc's mmap threshold to 1 MiB, so
+    every arena may keep ~2 MiB free at its top and more in holes, which stays in the
+    RSS until the run ends. Measured (`s3_memory_profile.py --cli`, 3 x 300 MiB videos):
+    +18 MiB without it, +5 with it; it takes about a millisecond.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 # A video is copied server-side in one copy_object call; only objects above 4 GiB (near
 # copy_object's 5 GiB limit) go through part copies.
 COPY_CONFIG = TransferConfig(
@@ -255,8 +281,16 @@ class S3Storage(Storage):
     def _transfer_place(self, size: int) -> contextlib.AbstractContextManager[Any]:
         """A place among the big transfers for an object of `size` bytes (none if small)."""
         if size >= UPLOAD_CONFIG.multipart_threshold:
-            return self._big_transfers
+            return self._big_transfer()
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _big_transfer(self) -> Iterator[None]:
+        try:
+            with self._big_transfers:
+                yield
+        finally:
+            give_back_free_memory()
 
     def get_file(self, key: str, path: Path) -> None:
         """Download `key` to `path`, streamed to disk (bounded memory); StorageError if

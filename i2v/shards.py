@@ -11,14 +11,17 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from pydantic import BaseModel, Field
 
 from i2v.errors import ConfigError
-from i2v.results import COLUMNS, DTYPES, RunSummary, result_rows
+from i2v.results import DTYPES, RunSummary, result_rows, table_columns
 from i2v.run import RowPlan, RowStatus
 from i2v.storage import Storage
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATS = ("submissions", "uploads", "polls", "downloads")
 
@@ -127,8 +130,10 @@ def merge_shards(
             lost.loc[lost["status"] == str(RowStatus.NOT_SUBMITTED), "error"] = why
             frames.append(lost)
         reports.append(report)
-    columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+    columns = table_columns(extra_columns)
     if frames:
+        import pandas as pd  # deferred: importing the flows need not load pandas
+
         frame = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
     else:
         frame = result_rows([], [], model=model, dest=storage, extra_columns=extra_columns)
@@ -149,6 +154,8 @@ def _shard_table(
         raw = storage.read_bytes(f"runs/{run_dir}/results.parquet")
         if raw is None:
             continue
+        import pandas as pd
+
         table = pd.read_parquet(io.BytesIO(raw))
         got = set(table["line"].dropna().astype(int))
         if got and got <= lines:

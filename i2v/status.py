@@ -22,7 +22,6 @@ What needs a person (groups, most costly first), and what to tell them:
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import json
 import shlex
@@ -31,7 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -41,9 +40,12 @@ from i2v.lifecycle import CLAIM_SLACK_S
 from i2v.qc import is_flagged
 from i2v.results import RunSummary
 from i2v.run import RowStatus
-from i2v.s3 import S3Storage
 from i2v.state import NO_OUTPUT, PURGED, STATE_PREFIX, InputRecord, Phase, claim_is_live
+from i2v.status_index import Entry, etag, indexed, load_index, save_index
 from i2v.storage import Storage
+
+if TYPE_CHECKING:
+    from i2v.s3 import S3Storage
 
 READ_WORKERS = 64  # parallel record reads: S3 GETs are latency-bound, not CPU-bound
 LAST_RUNS = 10
@@ -128,7 +130,7 @@ class DestStatus(BaseModel):
     unreadable: list[str] = Field(default_factory=list)  # records that do not parse
     read_s: float = 0.0
     records_read: int = 0  # records read from DEST this time
-    records_from_index: int = 0  # unchanged since the last status (S3: same ETag)
+    records_from_index: int = 0  # unchanged since a run or status indexed them (S3: ETag)
 
     @property
     def needs_person_rows(self) -> int:
@@ -154,15 +156,15 @@ def read_records(
 ) -> RecordsRead:
     """Every `_state/` record, read in parallel; and the keys of those that do not parse.
 
-    On S3 the listing carries each record's ETag, and `_status/state-index.json.gz`
-    keeps the records this command read last time with their ETags: only records whose
-    ETag changed (or that are new) are read again. A record is only ever taken from the
-    index when S3 says it still has exactly those bytes (same ETag), so the answer is
-    the same as reading all of them, and a DEST of 10,000 inputs answers in seconds
-    instead of one GET per record. The index is only a cache: written when something
-    changed, ignored when unreadable, and not written where DEST is read-only.
+    On S3 the listing carries each record's ETag, and the index (`i2v.status_index`)
+    keeps the records the runs wrote and this command read last time with their ETags:
+    only records whose ETag differs (or that are new) are read. A record is only ever
+    taken from the index when S3 says it still has exactly those bytes (same ETag), so
+    the answer is the same as reading all of them, and a DEST of 10,000 inputs answers
+    in seconds instead of one GET per record. The index is only a cache: rewritten when
+    something changed, ignored when unreadable, and not written where DEST is read-only.
     """
-    if use_index and isinstance(storage, S3Storage):
+    if use_index and indexed(storage):
         return _read_indexed(storage, workers)
     keys = [k for k in storage.list(STATE_PREFIX) if k.endswith(".json")]
     found = RecordsRead()
@@ -204,65 +206,45 @@ def _read_indexed(storage: S3Storage, workers: int) -> RecordsRead:
     listing: dict[str, str] = {}
     for part in _parallel(lambda c: storage.list_versions(f"{STATE_PREFIX}{c}"), _HEX, 16):
         listing.update({k: v for k, v in part.items() if k.endswith(".json")})
-    index = _load_index(storage)
+    index, version = load_index(storage)
     found = RecordsRead()
-    kept: dict[str, tuple[str, dict[str, Any]]] = {}
+    kept: list[Entry] = []
     todo: list[str] = []
-    for key, etag in listing.items():
+    for key, tag in listing.items():
         hit = index.get(key)
-        if hit is not None and hit[0] == etag:
+        if hit is not None and hit[0] == etag(tag):
             try:
-                found.records.append(InputRecord.model_validate(hit[1]))
+                found.records.append(InputRecord.model_validate_json(hit[1]))
             except ValidationError:
                 todo.append(key)
                 continue
-            kept[key] = hit
+            kept.append((key, hit[0], hit[1]))
             found.from_index += 1
         else:
             todo.append(key)
 
     def fetch(key: str) -> tuple[InputRecord | bool | None, str | None]:
-        data, etag = storage.read_versioned(key)
+        data, tag = storage.read_versioned(key)
         if data is None:
             return None, None
         try:
-            return InputRecord.model_validate_json(data), etag
+            return InputRecord.model_validate_json(data), tag
         except ValidationError:
             return False, None
 
-    for key, (got, etag) in zip(todo, _parallel(fetch, todo, workers), strict=True):
+    for key, (got, tag) in zip(todo, _parallel(fetch, todo, workers), strict=True):
         found.add(storage, key, got)
-        if isinstance(got, InputRecord) and etag:
-            kept[key] = (etag, got.model_dump(mode="json"))
+        if isinstance(got, InputRecord) and tag:
+            kept.append((key, tag, got.model_dump_json().encode()))
     found.fetched = len(todo)
     if todo or len(kept) != len(index):
-        _save_index(storage, kept)
+        # Lost to a run refreshing it meanwhile, or a read-only DEST: answer without.
+        with contextlib.suppress(StorageError):
+            save_index(storage, kept, version)
     return found
 
 
 _HEX = "0123456789abcdef"
-INDEX_KEY = "_status/state-index.json.gz"
-_INDEX_FORMAT = 1
-
-
-def _load_index(storage: Storage) -> dict[str, tuple[str, dict[str, Any]]]:
-    try:
-        raw = storage.read_bytes(INDEX_KEY)
-        if raw is None:
-            return {}
-        body = json.loads(gzip.decompress(raw))
-        if body.get("format") != _INDEX_FORMAT:
-            return {}
-        return {k: (str(v[0]), dict(v[1])) for k, v in body["records"].items()}
-    except (StorageError, OSError, ValueError, KeyError, TypeError, IndexError):
-        return {}  # a cache: unreadable means read the records themselves
-
-
-def _save_index(storage: Storage, kept: dict[str, tuple[str, dict[str, Any]]]) -> None:
-    body = {"format": _INDEX_FORMAT, "records": {k: list(v) for k, v in kept.items()}}
-    data = gzip.compress(json.dumps(body, separators=(",", ":")).encode(), compresslevel=1)
-    with contextlib.suppress(StorageError):  # read-only DEST: answer without the cache
-        storage.write_bytes(INDEX_KEY, data, content_type="application/gzip")
 
 
 def read_runs(storage: Storage, last: int = LAST_RUNS) -> tuple[list[RunSummary], int]:
@@ -308,13 +290,14 @@ def dest_status(
     claim_ttl_s: float | None = None,
     workers: int = READ_WORKERS,
     now: datetime | None = None,
+    use_index: bool = True,
 ) -> DestStatus:
     """Read a DEST and say what it holds and what needs a person. No API call."""
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as side:
         table_f = side.submit(read_table, storage)
         runs_f = side.submit(read_runs, storage)
-        read = read_records(storage, workers)
+        read = read_records(storage, workers, use_index=use_index)
         table, (runs, runs_total) = table_f.result(), runs_f.result()
     ttl = claim_ttl_s if claim_ttl_s is not None else _default_claim_ttl_s()
     status = build_status(

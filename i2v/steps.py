@@ -349,6 +349,9 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
             await asyncio.to_thread(check_mp4_file, tmp)
             # On the staged file, before it moves: S3 DESTs never download it again.
             facts = await quality_check(ctx, job, tmp) if ctx.options.qc else None
+            if ctx.frames is not None and ctx.frames.wanted(job.primary.row.line):
+                keys = [plan.video_key for plan in job.rows]
+                await asyncio.to_thread(ctx.frames.take, keys, tmp, job.primary.row.line)
             await asyncio.to_thread(ctx.dest.put_file, key, tmp, content_type="video/mp4")
         finally:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)

@@ -22,14 +22,18 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import unquote, urlsplit
 
 from i2v._constants import SCHEME, MiB
 from i2v.errors import ConfigError, StorageError
 from i2v.localfs import LOCK_NAME, TMP_SUFFIX, atomic_write, folder_lock, fsync_file
+
+if TYPE_CHECKING:
+    from i2v.s3 import S3Storage
 
 STAGING_DIR = ".staging"
 
@@ -326,6 +330,13 @@ def open_storage(uri: str | Path, *, s3_client: Any | None = None) -> Storage:
             f"unsupported destination {text!r}: use a local folder or s3://bucket/prefix"
         )
     return _local(Path(text))
+
+
+def is_s3(storage: Storage) -> TypeGuard[S3Storage]:
+    """`isinstance(storage, S3Storage)` without importing boto3 for a folder DEST: an
+    S3Storage exists only once i2v.s3 has been imported."""
+    s3 = sys.modules.get("i2v.s3")
+    return s3 is not None and isinstance(storage, s3.S3Storage)
 
 
 def _local(path: Path) -> LocalStorage:

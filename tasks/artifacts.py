@@ -15,47 +15,28 @@ their paths.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import io
 import logging
-import math
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from i2v.s3 import S3Storage
+from i2v.sheet import CONTACT_SHEET_NAME, SheetFrames, embedded_png, render_sheet
 from i2v.storage import LocalStorage, Storage
 
 if TYPE_CHECKING:
-    from PIL import Image as PILImage
-
     from i2v.run import Job, JobOutcome
 
 log = logging.getLogger("i2v.artifacts")
 
 PROGRESS_KEY = "i2v-progress"
 CONTACT_SHEET_KEY = "i2v-contact-sheet"
-CONTACT_SHEET_NAME = "contact_sheet.png"
-# About one second into the video: past a possible black first frame, and it shows
-# the motion the prompt asked for. Shorter videos give their last frame.
-FRAME_INDEX = 24
-MAX_SHEET_VIDEOS = 100  # beyond this a grid stops being readable (and costs downloads)
 MAX_PRESIGN_HOURS = 7 * 24  # SigV4's maximum
 RESULTS_LINK_KEY = "i2v-results-table"
-# The sheet embedded in a folder DEST's summary: a palette PNG shrunk until its data:
-# URI is this small (the artifact is stored in Prefect's database and sent to every
-# browser that opens the run).
-EMBED_MAX_BYTES = 300_000
-EMBED_MAX_WIDTH = 960
 
 
 class ProgressReporter:
@@ -189,163 +170,6 @@ class ProgressReporter:
         await self._send()
 
 
-# ----------------------------------------------------------------------- contact sheet
-
-
-def make_contact_sheet(
-    storage: Storage,
-    video_keys: Sequence[str],
-    run_id: str,
-    *,
-    thumb_width: int = 240,
-    columns: int = 4,
-    max_videos: int = MAX_SHEET_VIDEOS,
-    workers: int = 4,
-) -> str | None:
-    """Grid one frame of each video into DEST/runs/<run_id>/contact_sheet.png.
-
-    Args:
-        storage: DEST.
-        video_keys: Keys of landed videos ("videos/<id>.mp4"), in table order; each
-            tile is labelled with the file's stem (the row id).
-        run_id: The run whose folder receives the sheet.
-        thumb_width: Tile width in px (heights follow each video's aspect).
-        columns: Tiles per row.
-        max_videos: Only the first this many videos are shown (the sheet says so).
-        workers: Videos fetched and decoded in parallel.
-
-    Returns:
-        The sheet's `key_uri` (local path or s3:// URI), or None when there are no
-        videos. A video that cannot be read becomes a grey tile, never an error.
-    """
-    made = _render_sheet(
-        storage,
-        video_keys,
-        run_id,
-        thumb_width=thumb_width,
-        columns=columns,
-        max_videos=max_videos,
-        workers=workers,
-    )
-    return None if made is None else storage.key_uri(made[1])
-
-
-def _render_sheet(
-    storage: Storage,
-    video_keys: Sequence[str],
-    run_id: str,
-    *,
-    thumb_width: int = 240,
-    columns: int = 4,
-    max_videos: int = MAX_SHEET_VIDEOS,
-    workers: int = 4,
-) -> tuple[PILImage.Image, str] | None:
-    """`make_contact_sheet`, returning the sheet itself and its key."""
-    keys = list(dict.fromkeys(video_keys))  # duplicate rows share nothing on the sheet
-    if not keys:
-        return None
-    shown = keys[:max_videos]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        frames = list(pool.map(lambda k: _frame_of(storage, k, thumb_width), shown))
-    labels = [Path(k).stem for k in shown]
-    if len(keys) > len(shown):
-        labels[-1] += f"  (+{len(keys) - len(shown)} more)"
-    sheet = _grid(frames, labels, thumb_width=thumb_width, columns=columns)
-    staging = Path(tempfile.mkdtemp(prefix="i2v-sheet-"))
-    try:
-        png = staging / CONTACT_SHEET_NAME
-        sheet.save(png, format="PNG", optimize=True)
-        key = f"runs/{run_id}/{CONTACT_SHEET_NAME}"
-        storage.put_file(key, png, content_type="image/png")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return sheet, key
-
-
-def embedded_png(image: PILImage.Image, *, max_bytes: int = EMBED_MAX_BYTES) -> str:
-    """A `data:image/png;base64,...` URI of `image`, at most `max_bytes` long: at most
-    EMBED_MAX_WIDTH px wide, 128 palette colours, shrunk further until it fits."""
-    from PIL import Image
-
-    rgb = image.convert("RGB")
-    width = min(EMBED_MAX_WIDTH, rgb.width)
-    while True:
-        height = max(1, round(rgb.height * width / rgb.width))
-        small = rgb if width == rgb.width else rgb.resize((width, height), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        small.quantize(colors=128).save(buf, format="PNG", optimize=True)
-        uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-        if len(uri) <= max_bytes or width <= 64:
-            return uri
-        width = max(64, int(width * 0.7))
-
-
-def _frame_of(storage: Storage, key: str, width: int) -> PILImage.Image | None:
-    from i2v.media import video_frame
-
-    try:
-        with _local_copy(storage, key) as path:
-            return video_frame(path, index=FRAME_INDEX, width=width)
-    except Exception as exc:  # one unreadable video must not cost the whole sheet
-        log.warning("contact sheet: no frame from %s (%s)", storage.key_uri(key), exc)
-        return None
-
-
-@contextlib.contextmanager
-def _local_copy(storage: Storage, key: str) -> Iterator[Path]:
-    """A local file holding the object: the file itself for a folder DEST, else a temp
-    download (streamed to disk, so a large video never sits in memory)."""
-    if isinstance(storage, LocalStorage):
-        yield Path(storage.key_uri(key))
-        return
-    fd, name = tempfile.mkstemp(suffix=Path(key).suffix or ".mp4", prefix="i2v-frame-")
-    path = Path(name)
-    try:
-        if isinstance(storage, S3Storage):
-            os.close(fd)
-            storage.get_file(key, path)
-        else:
-            with open(fd, "wb") as sink:
-                sink.write(storage.read_bytes(key) or b"")
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _grid(
-    frames: Sequence[PILImage.Image | None],
-    labels: Sequence[str],
-    *,
-    thumb_width: int,
-    columns: int,
-) -> PILImage.Image:
-    from PIL import Image, ImageDraw
-
-    columns = max(1, min(columns, len(frames)))
-    pad, label_h = 6, 16
-    default_h = round(thumb_width * 9 / 16)
-    tile_h = max((f.height for f in frames if f is not None), default=default_h)
-    rows = math.ceil(len(frames) / columns)
-    cell_w, cell_h = thumb_width + pad, tile_h + label_h + pad
-    sheet = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
-        x = pad + (i % columns) * cell_w
-        y = pad + (i // columns) * cell_h
-        if frame is None:
-            draw.rectangle((x, y, x + thumb_width - 1, y + tile_h - 1), fill=(90, 90, 90))
-            draw.text((x + 6, y + 6), "unreadable", fill=(230, 230, 230))
-        else:
-            sheet.paste(frame.convert("RGB"), (x, y + (tile_h - frame.height) // 2))
-        draw.text((x, y + tile_h + 2), _fit(label, thumb_width), fill=(230, 230, 230))
-    return sheet
-
-
-def _fit(text: str, width_px: int) -> str:
-    limit = max(4, width_px // 6)  # Pillow's default bitmap font is ~6 px per character
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def web_link(storage: Storage, key: str, hours: float = 24.0) -> str | None:
     """An http(s) URL a browser opens for `key`: a presigned GET valid `hours` (at most
     SigV4's 7 days) on S3; None for a folder DEST (no URL reaches a local file from the
@@ -376,10 +200,12 @@ async def publish_contact_sheet(
     run_id: str,
     *,
     link_hours: float = 24.0,
+    frames: SheetFrames | None = None,
     **options: Any,
 ) -> str:
-    """Make the contact sheet, add a link artifact to it, and return markdown to embed
-    in the run summary ("" when there is nothing to show or the sheet failed).
+    """Make the contact sheet (`i2v.sheet`; `frames` taken while landing), add a link
+    artifact to it, and return markdown to embed in the run summary ("" when there is
+    nothing to show or the sheet failed).
 
     The summary shows the sheet as a plain markdown image: its presigned URL on S3, or
     a small embedded PNG (`embedded_png`) for a folder DEST; the full-size file follows
@@ -388,7 +214,9 @@ async def publish_contact_sheet(
     from prefect.artifacts import acreate_link_artifact
 
     try:
-        made = await asyncio.to_thread(_render_sheet, storage, video_keys, run_id, **options)
+        made = await asyncio.to_thread(
+            render_sheet, storage, video_keys, run_id, frames=frames, **options
+        )
     except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
         log.warning("contact sheet not written: %s", exc)
         return ""

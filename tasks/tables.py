@@ -1,4 +1,5 @@
-"""Results step: the results table in DEST (history under runs/<run-id>/)."""
+"""Results step: the results table in DEST (history under runs/<run-id>/), and the
+run's records into `i2v status`'s index."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 
+from i2v.claims import Records
 from i2v.errors import StorageError
 from i2v.results import RunSummary, write_tables
+from i2v.status_index import refresh_index
 from i2v.storage import Storage
 from tasks._retry import retry_on
 
@@ -22,15 +26,30 @@ from tasks._retry import retry_on
     cache_policy=NO_CACHE,
 )
 async def results_table(
-    storage: Storage, frame: Any, summary: RunSummary, *, publish: bool = True
+    storage: Storage,
+    frame: Any,
+    summary: RunSummary,
+    *,
+    publish: bool = True,
+    records: Records | None = None,
 ) -> str:
     """Write DEST/runs/<run-id>/results.* and summary.json and, unless a shard, the
-    current DEST/results.*; returns the table's URI.
+    current DEST/results.*; returns the table's URI. Then the run's `records` go into
+    the index `i2v status` reads an S3 DEST with, so the next status reads only what
+    changed since.
 
     Shards (`publish=False`) leave DEST/results.* to their fan-out parent, which merges
-    the shards' run tables into the one current table.
+    the shards' run tables into the one current table; their records they index
+    themselves (the parent never holds them).
     """
     uris = await asyncio.to_thread(
         write_tables, storage, frame, summary.run_id, summary, publish=publish
     )
+    if records is not None:
+        try:
+            await asyncio.to_thread(lambda: refresh_index(storage, records.latest()))
+        except Exception as exc:  # only a cache: never worth failing the run over
+            get_run_logger().warning(
+                "status index not refreshed (%s): the next `i2v status` reads more", exc
+            )
     return uris["parquet"]

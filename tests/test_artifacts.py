@@ -12,13 +12,13 @@ import boto3
 import pytest
 from PIL import Image
 
+from i2v.sheet import SheetFrames, make_contact_sheet, render_sheet
 from i2v.simulator.render import render_video
 from i2v.storage import open_storage
 from tasks.artifacts import (
     CONTACT_SHEET_KEY,
     PROGRESS_KEY,
     ProgressReporter,
-    make_contact_sheet,
     publish_contact_sheet,
 )
 from tests.helpers import EXAMPLES, read_artifacts
@@ -131,6 +131,32 @@ def test_contact_sheet_local_grid_with_an_unreadable_video(tmp_path: Path) -> No
     assert not (tmp_path / "dest" / "runs" / "run-2").exists()
 
 
+def test_sheet_tiles_taken_while_landing_need_no_read_from_dest(tmp_path: Path) -> None:
+    dest = open_storage(tmp_path / "dest")
+    keys = _videos(dest, ["a", "b", "c"])
+    frames = SheetFrames(limit=3, width=100)  # tiles: a copy is a tile of its own
+    root = tmp_path / "dest"
+    # Taken as rows land; the limit keeps the earliest rows (a, b and its copy; not c).
+    frames.take(["videos/c.mp4"], root / "videos" / "c.mp4", order=4)
+    frames.take(["videos/b.mp4", "videos/b-copy.mp4"], root / "videos" / "b.mp4", order=3)
+    frames.take(["videos/a.mp4"], root / "videos" / "a.mp4", order=2)
+    assert frames.get("videos/c.mp4") is None and len(frames) == 3
+    assert not frames.wanted(9) and frames.wanted(1)
+    for key in keys:  # the sheet must not need the files any more
+        (root / key).unlink()
+    sheet, _ = render_sheet(dest, keys, "run-1", thumb_width=100, columns=3, frames=frames) or (
+        None,
+        "",
+    )
+    assert sheet is not None
+    rgb = sheet.convert("RGB")
+    tile_h = sheet.height - 6 - 16 - 6
+    grey = (90, 90, 90)
+    assert rgb.getpixel((6 + 50, 6 + tile_h // 2)) != grey, "a: a real frame"
+    assert rgb.getpixel((6 + 106 + 50, 6 + tile_h // 2)) != grey, "b: a real frame"
+    assert rgb.getpixel((6 + 2 * 106 + 50, 6 + tile_h // 2)) == grey, "c: gone, not kept"
+
+
 def test_contact_sheet_caps_the_number_of_tiles(tmp_path: Path) -> None:
     dest = open_storage(tmp_path / "dest")
     keys = _videos(dest, ["a", "b", "c"])
@@ -178,7 +204,7 @@ def test_embedded_sheet_stays_small_however_many_videos() -> None:
     import base64
     import io
 
-    from tasks.artifacts import embedded_png
+    from i2v.sheet import embedded_png
 
     noise = Image.effect_noise((4 * 246, 25 * 160), 90).convert("RGB")  # worst case: noise
     uri = embedded_png(noise, max_bytes=200_000)
@@ -187,3 +213,15 @@ def test_embedded_sheet_stays_small_however_many_videos() -> None:
         assert small.format == "PNG" and small.width < noise.width
     photo = Image.open(EXAMPLES / "astronaut.png")
     assert len(embedded_png(photo)) <= 300_000
+
+
+def test_the_table_artifact_of_a_big_run_keeps_the_rows_that_need_a_person() -> None:
+    import pandas as pd
+
+    from flows.common import artifact_rows
+
+    status = ["landed"] * 7 + ["failed", "landed", "ambiguous"]
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(10)], "status": status})
+    shown = artifact_rows(frame, limit=4)
+    assert list(shown["id"]) == ["r0", "r1", "r7", "r9"], "table order, the two not landed kept"
+    assert artifact_rows(frame, limit=10) is frame

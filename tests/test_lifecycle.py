@@ -444,3 +444,129 @@ def test_limiter_bounds_in_flight() -> None:
         return limiter.peak_in_flight
 
     assert asyncio.run(go()) == 3
+
+
+# --------------------------------------------------------------- the live window
+
+
+class PacedSteps:
+    """Distinct inputs through paced steps; counts the rows live and the tasks alive."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.started: set[str] = set()
+        self.settled: set[str] = set()
+        self.peak_live = 0
+        self.peak_tasks = 0
+        self.in_provider = 0
+        self.peak_in_provider = 0
+        self.calls = 0
+
+    def _start(self, job: Job) -> None:
+        self.calls += 1
+        self.started.add(job.identity)
+        self.peak_live = max(self.peak_live, len(self.started - self.settled))
+        self.peak_tasks = max(self.peak_tasks, len(asyncio.all_tasks()))
+
+    def on_settled(self, job: Job) -> None:
+        self.settled.add(job.identity)
+
+    async def upload(self, job: Job) -> str:
+        self._start(job)
+        return "https://example.invalid/a.png"
+
+    async def generate(self, job: Job, rec: InputRecord | None, image_url: str) -> InputRecord:
+        self._start(job)
+        self.in_provider += 1
+        self.peak_in_provider = max(self.peak_in_provider, self.in_provider)
+        new = InputRecord(
+            identity=job.identity,
+            model="minimax/hailuo-2.3/i2v-standard",
+            phase=Phase.SUBMITTED,
+            prediction_id=f"pred-{job.identity[:8]}",
+            owner_run=self.ctx.run_id,
+            cost_usd=PRICE,
+        )
+        return self.ctx.records.put(new)
+
+    async def poll(self, job: Job, rec: InputRecord) -> InputRecord:
+        self._start(job)
+        await asyncio.sleep(0.005)
+        self.in_provider -= 1
+        return rec.moved(Phase.SUCCEEDED, output_url="https://example.invalid/v.mp4")
+
+    async def land(self, job: Job, rec: InputRecord) -> InputRecord:
+        self._start(job)
+        await asyncio.sleep(0.02)  # slower than the provider: a landing backlog builds
+        self.ctx.dest.write_bytes(job.primary.video_key, b"\x00\x00\x00\x18ftypmp42")
+        return self.ctx.records.put(rec.moved(Phase.LANDED, video_key=job.primary.video_key))
+
+
+def distinct_jobs(n: int) -> list[Job]:
+    jobs = []
+    for i in range(n):
+        job = make_job(identity=f"{i:064x}")
+        job.rows[0].row_id = f"row-{i}"
+        jobs.append(job)
+    return jobs
+
+
+def test_the_live_window_stays_bounded_however_long_the_manifest(tmp_path: Path) -> None:
+    from i2v.lifecycle import run_jobs
+
+    ctx = make_ctx(tmp_path / "dest", concurrency=4)
+    steps = PacedSteps(ctx)
+    jobs = distinct_jobs(400)
+    asyncio.run(run_jobs(ctx, steps, jobs, on_settled=steps.on_settled))
+
+    assert [j.outcome.status for j in jobs if j.outcome] == [RowStatus.LANDED] * 400
+    bound = ctx.window.ahead_limit + ctx.window.landing_limit
+    assert bound < 100, "the bound is the concurrency's, not the manifest's"
+    assert steps.peak_live <= bound and ctx.window.peak_live <= bound
+    assert ctx.window.peak_ahead <= ctx.window.ahead_limit
+    assert steps.peak_tasks <= bound + 5, "a coroutine per live row, not per manifest row"
+    assert steps.peak_in_provider <= 4
+    # Settled rows keep their result facts, not their records.
+    assert all(j.record is None and j.outcome and j.outcome.record is None for j in jobs)
+    assert all(j.outcome and j.outcome.shown and j.outcome.shown.cost_usd for j in jobs)
+
+
+def test_a_rerun_of_landed_rows_settles_them_without_a_step(tmp_path: Path) -> None:
+    from i2v.lifecycle import run_jobs
+
+    ctx = make_ctx(tmp_path / "dest", concurrency=4)
+    asyncio.run(run_jobs(ctx, PacedSteps(ctx), distinct_jobs(60)))
+    # One landed video is gone from DEST: only that row works (lands again, unpaid).
+    (tmp_path / "dest" / "videos" / "row-7.mp4").unlink()
+
+    again = make_ctx(tmp_path / "dest", run_id="run-b", concurrency=4)
+    jobs = distinct_jobs(60)
+    for job in jobs:
+        job.record = again.records.get(job.identity)
+    steps = PacedSteps(again)
+    asyncio.run(run_jobs(again, steps, jobs, on_settled=steps.on_settled))
+
+    assert [j.outcome.status for j in jobs if j.outcome] == [RowStatus.LANDED] * 60
+    assert steps.started == {jobs[7].identity} and steps.calls == 1, "only the land step"
+    assert again.window.peak_live == 1
+    assert (tmp_path / "dest" / "videos" / "row-7.mp4").exists()
+
+
+def test_a_manifest_column_named_like_ours_is_carried_beside_it(tmp_path: Path) -> None:
+    from i2v.results import result_rows
+
+    ctx = make_ctx(tmp_path / "dest")
+    job = make_job()
+    job.rows[0].row.extras.update(status="approved", notes="hero shot")
+    job.outcome = outcome_of(record(Phase.FAILED, prediction_id="p", error="moderation")).settled()
+    frame = result_rows(
+        job.rows, [job], model=ctx.model, dest=ctx.dest, extra_columns=["status", "notes"]
+    )
+    assert list(frame.columns[-2:]) == ["manifest_status", "notes"]
+    row = frame.iloc[0]
+    assert (row["status"], row["manifest_status"], row["notes"]) == (
+        "failed",
+        "approved",
+        "hero shot",
+    )
+    assert row["prediction_id"] == "p" and str(frame["video_bytes"].dtype) == "Int64"

@@ -227,7 +227,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_s3_status_reads_only_records_that_changed(s3_bucket: str) -> None:
-    from i2v.status import INDEX_KEY, dest_status
+    from i2v.status import dest_status
+    from i2v.status_index import INDEX_KEY
 
     dest = f"s3://{s3_bucket}/big"
     storage = open_storage(dest)
