@@ -781,7 +781,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def has_error(value: Any) -> bool:
     if isinstance(value, dict):
-        return "error" in value or any(has_error(v) for v in value.values())
+        # "failures": runs that failed after measuring (the scale scenario keeps those).
+        return "error" in value or "failures" in value or any(has_error(v) for v in value.values())
     return False
 
 

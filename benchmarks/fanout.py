@@ -148,6 +148,9 @@ def run(
             for name in WORKERS:
                 args = [prefect(), "worker", "start", "--pool", POOL, "--name", name]
                 started.append(procs.start(f"fanout-{name}", [*args, "--limit", "3"], env))
+            t0 = time.monotonic()
+            _wait_for_workers(client, started[1:], time.monotonic() + 180)
+            setup["workers_s"] = time.monotonic() - t0
             sim.reset()
             options = {
                 "concurrency": plan.concurrency,  # per shard; the global limit caps them all
@@ -233,6 +236,20 @@ def _limit_and_secret(client: Any, cap: int) -> None:
     client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=LIMIT, limit=cap))
     # Any non-empty key passes the bench's simulator; the runs can only get it here.
     Secret(value="bench-key").save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+
+
+def _wait_for_workers(client: Any, procs: list[Any], deadline: float) -> None:
+    """Until both workers have said hello to the server (so the run's time is not theirs
+    to start)."""
+    while True:
+        online = {w.name for w in client.read_workers_for_work_pool(POOL)}
+        if set(WORKERS) <= online:
+            return
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a worker exited before it came online; see its log")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers {sorted(set(WORKERS) - online)} did not come online")
+        time.sleep(0.5)
 
 
 def _wait(client: Any, run_id: Any, deadline: float) -> Any:

@@ -331,11 +331,16 @@ def _scale_rows(part: Any) -> list[Row]:
         f"{part['pictures']} generated pictures, cap C = {part['cap']} "
         f"(`--concurrency {part['cap']}`), L = {part['latency_s']:g} s"
     )
-    slope = part.get("slope_kib_per_row")
+    fit = part.get("slope") or {}
+    slope = fit.get("kib_per_row")
     if ok:
         rss = " / ".join(f"{r['peak_rss_mib']:.0f}" for r in ok.values())
         names = " / ".join(f"{int(n):,}" for n in ok)
-        slope_text = f"{slope:.2f} KiB per extra row" if slope is not None else "no slope"
+        slope_text = (
+            f"{slope:.2f} KiB per extra row ({fit['between'][0]:,} -> {fit['between'][1]:,})"
+            if slope is not None
+            else "no slope"
+        )
         rows.append(
             (
                 "8",
@@ -365,6 +370,17 @@ def _scale_rows(part: Any) -> list[Row]:
                 _met(per_row <= 2),
             )
         )
+    rows += [
+        (
+            "8",
+            f"Scale, N = {int(n):,}: runs that failed (their figures above were kept)",
+            "; ".join(r["failures"]),
+            "exit 0",
+            "**NO**",
+        )
+        for n, r in ok.items()
+        if r.get("failures")
+    ]
     for n, r in ok.items():
         wall = f"{r['wall_to_wall']:.2f}" if r.get("wall_to_wall") is not None else "?"
         rows.append(

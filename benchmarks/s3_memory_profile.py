@@ -1,22 +1,28 @@
-"""Where a landing's memory goes: the land path alone, local DEST against s3:// DEST.
+"""Where a landing's memory goes: local DEST against s3:// DEST, 3 x 300 MiB videos.
 
-    .venv/bin/python benchmarks/s3_memory_profile.py                 # 3 x 300 MiB, both DESTs
+    .venv/bin/python benchmarks/s3_memory_profile.py                 # the land path, both DESTs
     .venv/bin/python benchmarks/s3_memory_profile.py --dest s3 --trace
     .venv/bin/python benchmarks/s3_memory_profile.py --dest s3 --env MALLOC_ARENA_MAX=1
-    .venv/bin/python benchmarks/s3_memory_profile.py --dest s3 --set multipart_chunksize=5
+    .venv/bin/python benchmarks/s3_memory_profile.py --dest s3 --set upload.use_threads=1
+    .venv/bin/python benchmarks/s3_memory_profile.py --cli --dest s3 --repeats 3
 
 The simulator (`python -m i2v.simulator.server`) and a moto server run as children on
 loopback. N predictions are made once with the real client; then, for each DEST and
 for tiny (unpadded) and padded outputs, a fresh child process lands the N outputs
-together exactly as `i2v.steps.land` does (streamed download to a staged file, MP4
-check, QC probe, `Storage.put_file`), then fetches one frame of each landed video as
-the contact sheet does (`get_file` for S3). Peak RSS is per process, hence one child
-per case; the figure is padded minus tiny, like the benchmark's.
+together as `i2v.steps.land` does (streamed download to a staged file, MP4 check, QC
+probe, `Storage.put_file`, `_unstage`), then fetches one frame of each landed video as
+the contact sheet does for videos it has no frame of (`get_file` for S3). Peak RSS is
+per process, hence one child per case; the figure is padded minus tiny, like the
+benchmark's. Each child samples its RSS, threads and glibc's `mallinfo2` every 10 ms,
+reports them at the RSS peak of each phase, and lists its malloc arenas at the end.
 
-Each child samples its RSS, threads and glibc's `mallinfo2` every 10 ms and reports
-the peak of each phase. `--trace` adds tracemalloc (Python allocations only, by
-traceback) and prints the top allocators at the traced peak; its own overhead makes
-those runs' RSS figures unfit for comparison.
+`--trace` adds tracemalloc (Python allocations only, by traceback) and prints the top
+allocators at the traced peak; it slows the run several times, so those RSS figures
+are not comparable. `--set`, `--env`, `--mallopt` and `--trim` are trials.
+
+`--cli` runs the benchmark's own memory runs instead (`bench.py --only memory`: the real
+`i2v run` through Prefect), the CLI sampled by `_cli_memprobe.py`; `--set`, `--env` and
+`--trim` apply there too.
 """
 
 from __future__ import annotations
@@ -188,11 +194,12 @@ MALLOPT = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3, "M_ARENA_MAX": -8}
 
 
 def trim_after_transfers() -> None:
-    """Trial: give malloc's free pages back after every S3 transfer."""
+    """Trial: give malloc's free pages back after every landing and S3 transfer."""
     from i2v.s3 import S3Storage
+    from i2v.storage import LocalStorage
 
-    for name in ("put_file", "get_file"):
-        original = getattr(S3Storage, name)
+    for cls, name in ((S3Storage, "put_file"), (S3Storage, "get_file"), (LocalStorage, "put_file")):
+        original = getattr(cls, name)
 
         def trimmed(self: Any, *a: Any, _original: Any = original, **kw: Any) -> Any:
             try:
@@ -200,13 +207,14 @@ def trim_after_transfers() -> None:
             finally:
                 _libc.malloc_trim(0)
 
-        setattr(S3Storage, name, trimmed)
+        setattr(cls, name, trimmed)
 
 
 async def land_all(dest_uri: str, urls: list[str], sampler: Sampler) -> None:
     from i2v.client import AtlasClient
     from i2v.media import check_mp4_file
     from i2v.qc import probe_video
+    from i2v.steps import _unstage
     from i2v.storage import open_storage
 
     dest = open_storage(dest_uri)
@@ -215,9 +223,10 @@ async def land_all(dest_uri: str, urls: list[str], sampler: Sampler) -> None:
 
     async def land(i: int, url: str) -> None:
         tmp = staging / f"v{i}.mp4.part"
+        size = 0
         try:
             with open(tmp, "wb") as sink:  # noqa: ASYNC230 - local staging file
-                await client.download_output(url, sink)
+                size = (await client.download_output(url, sink)).bytes
             sampler.phase = "qc"
             await asyncio.to_thread(check_mp4_file, tmp)
             await asyncio.to_thread(probe_video, tmp, expected_duration_s=6)
@@ -226,7 +235,7 @@ async def land_all(dest_uri: str, urls: list[str], sampler: Sampler) -> None:
             await asyncio.to_thread(dest.put_file, f"videos/v{i}.mp4", tmp)
             put_s.append(time.monotonic() - t0)
         finally:
-            tmp.unlink(missing_ok=True)
+            await asyncio.to_thread(_unstage, tmp, size)
 
     async with AtlasClient(api_key="profile") as client:
         sampler.phase = "download"
@@ -423,13 +432,13 @@ def parent(args: argparse.Namespace) -> None:
                     delta = runs["big"]["peak_rss"] - runs["tiny"]["peak_rss"]
                     deltas.setdefault(dest, []).append(delta)
                     print(
-                        f"{dest}: +{delta:.1f} MiB for {args.videos} x {args.mib} MiB", flush=True
+                        f"{dest}: {delta:+.1f} MiB for {args.videos} x {args.mib} MiB", flush=True
                     )
             sim.configure(pad_output_to_bytes=0)
         for dest, values in deltas.items():
             print(
-                f"{dest} DEST: +{statistics.median(values):.1f} MiB median "
-                f"({', '.join(f'+{v:.1f}' for v in values)})"
+                f"{dest} DEST: {statistics.median(values):+.1f} MiB median "
+                f"({', '.join(f'{v:+.1f}' for v in values)})"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -470,13 +479,13 @@ def cli_runs(args: argparse.Namespace) -> None:
                             flush=True,
                         )
                     deltas.setdefault(where, []).append(peaks["big"] - peaks["tiny"])
-                    print(f"{where}: +{deltas[where][-1]:.1f} MiB", flush=True)
+                    print(f"{where}: {deltas[where][-1]:+.1f} MiB", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for where, values in deltas.items():
         print(
-            f"{where} DEST (i2v run): +{statistics.median(values):.1f} MiB median "
-            f"({', '.join(f'+{v:.1f}' for v in values)})"
+            f"{where} DEST (i2v run): {statistics.median(values):+.1f} MiB median "
+            f"({', '.join(f'{v:+.1f}' for v in values)})"
         )
 
 

@@ -7,12 +7,15 @@ Exit codes: 0 every row landed; 1 some rows did not; 2 usage, config or auth err
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import typer.core
@@ -181,6 +184,7 @@ def run(
         },
     )
     code = _run_flow(source, dest, options, verbose=verbose, command=command)
+    _FAST_EXIT.append(True)
     raise typer.Exit(code)
 
 
@@ -199,10 +203,10 @@ def _command_line(source: str, dest: str, config: Path | None, flags: dict[str, 
 
 # Loaded while Prefect's temporary server starts (cli.prefect_api), not on the way to
 # the first video or after the last: the Prefect-free library, the results table's
-# pandas and pyarrow, the video check's av and the picture check's PIL.
+# pandas and pyarrow, the video check's av, the picture check's PIL, the event loop.
 PRELOAD = (
     *("i2v.lifecycle", "i2v.client", "cli.progress"),
-    *("pandas", "pyarrow.parquet", "av", "PIL.Image"),
+    *("pandas", "pyarrow.parquet", "av", "PIL.Image", "uvloop", "anyio._backends._asyncio"),
 )
 
 
@@ -229,7 +233,8 @@ def _run_flow(
     except StorageError as exc:
         return _usage_error(exc, "storage error")
     for name in PRELOAD:
-        importlib.import_module(name)
+        with contextlib.suppress(ImportError):  # uvloop is not on Windows
+            importlib.import_module(name)
     try:
         api.use()  # before anything imports Prefect
     except PrefectUnavailable as exc:
@@ -411,12 +416,37 @@ app.command(name="status", cls=_PlainHelp, epilog=STATUS_EXAMPLES)(status_comman
 app.command(name="doctor", cls=_PlainHelp, epilog=DOCTOR_EXAMPLES)(doctor_command)
 
 
+# Set by `i2v run` once it is done: see `_exit_now`.
+_FAST_EXIT: list[bool] = []
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except SystemExit as done:
+        if not _FAST_EXIT:
+            raise
+        _exit_now(done)
+
+
+def _exit_now(done: SystemExit) -> NoReturn:
+    """Exit as the interpreter does (threads joined, every exit handler run: Prefect's
+    drains, the temporary server's stop), minus its teardown of every loaded module:
+    0.4-0.9 s of a 1-row run's end with Prefect, pandas and pyarrow loaded, for
+    nothing. Our files are closed by then (`with` blocks); stdout and stderr are flushed."""
+    code = done.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`)
+            stream.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

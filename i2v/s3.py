@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from i2v._constants import MiB
 from i2v.errors import ConfigError, StorageError
-from i2v.storage import Storage, check_key, check_prefix
+from i2v.storage import Storage, check_key, check_prefix, give_back_free_memory
 
 S3_ERRORS = (ClientError, BotoCoreError, S3UploadFailedError)
 # What a GET/HEAD/DELETE of an absent key answers (HEAD has no body, hence the bare 404).
@@ -37,21 +36,18 @@ S3_PRECONDITION_CODES = frozenset(
     {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 )
 
-# Big transfers run without s3transfer's threads, in the caller's (the landing's worker).
-# Profiled (benchmarks/s3_memory_profile.py), an S3 DEST's extra memory over a local one
-# was not live buffers (tracemalloc: under 10 MiB at the peak) but free memory kept by
-# glibc's per-thread malloc arenas: botocore reads every part in 1 MiB pieces (the SigV4
-# payload hash on http, the CRC32 checksum), downloads read 256 KiB ones, and glibc
-# serves such sizes from the asking thread's arena once its mmap threshold has risen,
-# keeping 2-5 MiB free in each. s3transfer's threads (new ones per call) spread that over
-# 16 arenas (glibc's cap on 2 cores): ~45 MiB free. In the caller's thread, 3 x 300 MiB
-# videos add +7 MiB instead of +31 (the profile; +1 for a local DEST).
-# Parts then go one after another, so BIG_TRANSFERS_AT_ONCE places per storage (multipart
-# uploads and the contact sheet's downloads; smaller objects skip the queue) keep 4
-# connections busy, as 2 videos x 2 parts did: throughput comes from moving several
-# videos at once. Still multipart (8 MiB parts; S3's minimum is 5): the object appears
-# only on CompleteMultipartUpload, and a failed upload is aborted. From a file, parts
-# are read lazily: nothing is read ahead into memory.
+# Big transfers run in the caller's thread (the landing's worker), without s3transfer's
+# own, and give malloc's free memory back when done (`give_back_free_memory`). Profiled
+# (benchmarks/s3_memory_profile.py), an S3 DEST's extra memory over a local one was not
+# live buffers but free memory held by glibc's per-thread arenas: botocore reads each
+# part in 1 MiB pieces (the SigV4 payload hash on http, the CRC32 checksum), and
+# s3transfer's fresh threads per call spread those over all 16 arenas (glibc's cap on 2
+# cores). Parts then go one after another, so BIG_TRANSFERS_AT_ONCE places per storage
+# (multipart transfers; smaller objects skip the queue) keep 4 connections busy, as 2
+# videos x 2 parts did: throughput comes from moving several videos at once. Still
+# multipart (8 MiB parts; S3's minimum is 5): the object appears only on
+# CompleteMultipartUpload, and a failed upload is aborted. From a file, parts are read
+# lazily: nothing is read ahead into memory.
 BIG_TRANSFERS_AT_ONCE = 4
 UPLOAD_CONFIG = TransferConfig(
     multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, use_threads=False
@@ -59,31 +55,6 @@ UPLOAD_CONFIG = TransferConfig(
 DOWNLOAD_CONFIG = TransferConfig(
     multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, use_threads=False
 )
-
-
-def _libc_malloc_trim() -> Any:
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # glibc's; musl, macOS and Windows lack it
-    except (AttributeError, OSError, TypeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_malloc_trim = _libc_malloc_trim()
-
-
-def give_back_free_memory() -> None:
-    """Return the pages malloc holds free to the system (glibc only; else nothing).
-
-    After a big transfer: its part buffers raised glibc's mmap threshold to 1 MiB, so
-    every arena may keep ~2 MiB free at its top and more in holes, which stays in the
-    RSS until the run ends. Measured (`s3_memory_profile.py --cli`, 3 x 300 MiB videos):
-    +18 MiB without it, +5 with it; it takes about a millisecond.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
 
 # A video is copied server-side in one copy_object call; only objects above 4 GiB (near
 # copy_object's 5 GiB limit) go through part copies.

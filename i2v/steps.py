@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from i2v._constants import MiB
 from i2v.errors import (
     AmbiguousSubmissionError,
     AtlasError,
@@ -39,6 +40,10 @@ from i2v.models import build_inputs
 from i2v.qc import QcFacts, probe_video
 from i2v.run import Job, NotSubmitted, Rejected, RunAborted, RunContext, StopReason
 from i2v.state import HOST, NO_OUTPUT, PURGED, InputRecord, Phase, age_s, utcnow
+from i2v.storage import give_back_free_memory
+
+# A smaller video's landing leaves little free memory behind: not worth a trim per row.
+BIG_VIDEO_BYTES = 8 * MiB
 
 # ------------------------------------------------------------------------------ upload
 
@@ -342,9 +347,11 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
         # Named after the input, so a landing killed half-way leaves a part file that
         # the next attempt overwrites instead of an orphan.
         tmp = staging / f"{job.identity[:32]}.mp4.part"
+        size = 0
         try:
             with open(tmp, "wb") as sink:  # noqa: ASYNC230 - local staging file, no network
                 result = await ctx.client.download_output(record.output_url, sink)
+            size = result.bytes
             ctx.stats.downloads += 1
             await asyncio.to_thread(check_mp4_file, tmp)
             # On the staged file, before it moves: S3 DESTs never download it again.
@@ -354,7 +361,7 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
                 await asyncio.to_thread(ctx.frames.take, keys, tmp, job.primary.row.line)
             await asyncio.to_thread(ctx.dest.put_file, key, tmp, content_type="video/mp4")
         finally:
-            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            await asyncio.to_thread(_unstage, tmp, size)
     landed = record.moved(
         Phase.LANDED,
         ctx.run_id,
@@ -370,6 +377,14 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
         qc=facts.verdict if facts else None,
     )
     return await put(ctx, landed)
+
+
+def _unstage(tmp: Path, size: int) -> None:
+    """Remove the staged file; after a big video, give back the memory its landing's
+    buffers left free in malloc's arenas (+18 MiB for 3 x 300 MiB videos otherwise)."""
+    tmp.unlink(missing_ok=True)
+    if size >= BIG_VIDEO_BYTES:
+        give_back_free_memory()
 
 
 async def quality_check(ctx: RunContext, job: Job, path: Path) -> QcFacts | None:

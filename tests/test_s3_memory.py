@@ -1,0 +1,136 @@
+"""Big S3 transfers stay bounded in memory (see i2v.s3): in the caller's thread, a few at
+a time, multipart and atomic, malloc's free memory given back after each."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from i2v import s3 as s3_module
+from i2v import steps
+from i2v._constants import MiB
+from i2v.errors import StorageError
+from i2v.s3 import BIG_TRANSFERS_AT_ONCE, S3Storage, make_s3_client
+from i2v.storage import give_back_free_memory, open_storage
+
+
+@pytest.fixture
+def storage(s3_bucket: str) -> S3Storage:
+    made = open_storage(f"s3://{s3_bucket}/out")
+    assert isinstance(made, S3Storage)
+    return made
+
+
+def staged(tmp_path: Path, name: str, size: int) -> Path:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_big_upload_is_multipart_in_the_callers_thread(
+    storage: S3Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: set[int] = set()
+    real_part = storage.client.upload_part
+
+    def part(**kwargs: Any) -> Any:
+        threads.add(threading.get_ident())
+        return real_part(**kwargs)
+
+    monkeypatch.setattr(storage.client, "upload_part", part)
+    before = threading.active_count()
+    storage.put_file("videos/big.mp4", staged(tmp_path, "big.mp4", 17 * MiB))
+
+    assert threads == {threading.get_ident()}  # 3 parts, no s3transfer threads
+    assert threading.active_count() == before
+    head = storage.client.head_object(Bucket=storage.bucket, Key="out/videos/big.mp4")
+    assert head["ETag"].strip('"').endswith("-3")
+
+
+def test_big_transfers_take_turns_beyond_their_places(
+    storage: S3Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+    real_upload = storage.client.upload_file
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        with lock:
+            busy["now"] += 1
+            busy["peak"] = max(busy["peak"], busy["now"])
+        try:
+            time.sleep(0.2)  # overlap the uploads if nothing keeps them apart
+            real_upload(*args, **kwargs)
+        finally:
+            with lock:
+                busy["now"] -= 1
+
+    monkeypatch.setattr(storage.client, "upload_file", counted)
+    files = [staged(tmp_path, f"v{i}.mp4", 9 * MiB) for i in range(BIG_TRANSFERS_AT_ONCE + 2)]
+    workers = [
+        threading.Thread(target=storage.put_file, args=(f"videos/{p.name}", p)) for p in files
+    ]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+
+    assert busy["peak"] == BIG_TRANSFERS_AT_ONCE
+    assert len(storage.list("videos/")) == len(files)
+
+
+def test_a_failed_big_upload_leaves_no_object_and_no_open_upload(
+    storage: S3Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_part = storage.client.upload_part
+
+    def part(**kwargs: Any) -> Any:
+        if kwargs["PartNumber"] == 2:
+            raise OSError("disk went away")
+        return real_part(**kwargs)
+
+    monkeypatch.setattr(storage.client, "upload_part", part)
+    with pytest.raises(StorageError, match="cannot upload"):
+        storage.put_file("videos/big.mp4", staged(tmp_path, "big.mp4", 17 * MiB))
+
+    assert not storage.exists("videos/big.mp4")
+    open_uploads = make_s3_client().list_multipart_uploads(Bucket=storage.bucket)
+    assert not open_uploads.get("Uploads")
+
+
+def test_memory_is_given_back_after_big_transfers_only(
+    storage: S3Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(s3_module, "give_back_free_memory", lambda: calls.append("trim"))
+
+    storage.put_file("videos/small.mp4", staged(tmp_path, "small.mp4", MiB))
+    assert calls == []
+    storage.put_file("videos/big.mp4", staged(tmp_path, "big.mp4", 9 * MiB))
+    assert calls == ["trim"]
+    storage.get_file("videos/big.mp4", tmp_path / "back.mp4")
+    assert calls == ["trim", "trim"]
+    assert (tmp_path / "back.mp4").read_bytes() == (tmp_path / "big.mp4").read_bytes()
+
+
+def test_unstaging_a_big_landing_gives_memory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    give_back_free_memory()  # callable here whatever the libc: a no-op without glibc
+    calls: list[str] = []
+    monkeypatch.setattr(steps, "give_back_free_memory", lambda: calls.append("trim"))
+    small, big = tmp_path / "small.part", tmp_path / "big.part"
+    small.write_bytes(b"x")
+    big.write_bytes(b"x")
+
+    steps._unstage(small, MiB)
+    steps._unstage(big, steps.BIG_VIDEO_BYTES)
+    steps._unstage(tmp_path / "moved-away.part", steps.BIG_VIDEO_BYTES)  # a folder DEST's
+
+    assert not small.exists() and not big.exists()
+    assert calls == ["trim", "trim"]
