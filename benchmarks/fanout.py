@@ -235,7 +235,7 @@ def _limit_and_secret(client: Any, cap: int) -> None:
 
     client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=LIMIT, limit=cap))
     # Any non-empty key passes the bench's simulator; the runs can only get it here.
-    Secret(value="bench-key").save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    Secret(value="bench-key").save(SECRET_BLOCK, overwrite=True)
 
 
 def _wait_for_workers(client: Any, procs: list[Any], deadline: float) -> None:

@@ -62,10 +62,10 @@ class PrefectApi:
         self.started_at = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
         self.url: str | None = None  # of the temporary server, once the child serves
-        self.timeout_s = float(
-            os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
-            or DEFAULT_STARTUP_TIMEOUT_S
-        )
+        try:  # the child reports Prefect's value; until then the environment's
+            self.timeout_s = float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+        except (KeyError, ValueError):
+            self.timeout_s = DEFAULT_STARTUP_TIMEOUT_S
         self._answer: int | None = None  # read end of the child's one-line answer
         self._ready = False
         self._unreachable: str | None = None  # the configured API refused us
@@ -74,9 +74,10 @@ class PrefectApi:
     def start(cls) -> PrefectApi:
         """Start the temporary server in the background (or check the configured API)."""
         api = cls()
-        if "prefect" in sys.modules:
+        if "prefect" in sys.modules or os.name == "nt":
             # Prefect's settings are loaded here already (tests, a program calling the
-            # CLI): setting PREFECT_API_URL now would not reach them. Prefect does as usual.
+            # CLI): setting PREFECT_API_URL now would not reach them. On Windows the
+            # child's pipe and process group are not available. Prefect does as usual.
             return api
         url = os.environ.get("PREFECT_API_URL", "").strip()
         if url:

@@ -375,10 +375,14 @@ class LeasedCap:
         try:
             async with get_client() as client:
                 while self._waiters and self.held < self.want:
+                    # All or nothing on the server: halve what is asked until it fits,
+                    # so runs sharing a nearly full limit still grow by what is free
+                    # (one slot per retry wait starved a fan-out's shards).
                     slots = min(self._waiters, self.want - self.held)
-                    lease = await self._lease(client, slots)
-                    if lease is None and slots > 1:
-                        lease, slots = await self._lease(client, 1), 1
+                    lease = await self._lease(client, slots, wait_if_full=slots == 1)
+                    while lease is None and slots > 1:
+                        slots //= 2
+                        lease = await self._lease(client, slots, wait_if_full=slots == 1)
                     if lease is None:
                         continue
                     async with self._wake:
@@ -397,8 +401,8 @@ class LeasedCap:
                 self._grower = None
                 self._wake.notify_all()
 
-    async def _lease(self, client: Any, slots: int) -> Any:
-        """One lease of `slots`, or None after waiting out a full limit."""
+    async def _lease(self, client: Any, slots: int, *, wait_if_full: bool) -> Any:
+        """One lease of `slots`, or None (after waiting out a full limit if asked)."""
         try:
             response = await client.increment_concurrency_slots_with_lease(
                 names=[self.name], slots=slots, mode="concurrency", lease_duration=self.LEASE_S
@@ -406,9 +410,9 @@ class LeasedCap:
         except Exception as exc:
             answer = getattr(exc, "response", None)
             if getattr(answer, "status_code", None) == 423:
-                # The limit is full: the server says when to look again.
-                wait = float(answer.headers.get("Retry-After", 1.0))  # type: ignore[union-attr]
-                await asyncio.sleep(min(max(wait, 0.05), 2.0))
+                if wait_if_full:  # not even one slot: the server says when to look again
+                    wait = float(answer.headers.get("Retry-After", 1.0))  # type: ignore[union-attr]
+                    await asyncio.sleep(min(max(wait, 0.05), 1.0))
             else:  # the server is away: rows wait for it, never past the cap
                 log.warning("cannot lease a slot of %r (%s); retrying", self.name, exc)
                 await asyncio.sleep(1.0)
@@ -541,7 +545,9 @@ def artifact_rows(frame: Any, limit: int = TABLE_ARTIFACT_ROWS) -> Any:
     (those need a person) before the landed ones."""
     if len(frame) <= limit:
         return frame
-    landed = frame["status"] == str(RowStatus.LANDED)
+    # Plain numpy booleans: the table's string columns compare to pyarrow booleans,
+    # which have no cumsum.
+    landed = (frame["status"] == str(RowStatus.LANDED)).to_numpy(dtype=bool, na_value=False)
     room = max(0, limit - int((~landed).sum()))
     return frame[~landed | (landed.cumsum() <= room)].head(limit)
 

@@ -221,7 +221,8 @@ def test_the_table_artifact_of_a_big_run_keeps_the_rows_that_need_a_person() -> 
     from flows.common import artifact_rows
 
     status = ["landed"] * 7 + ["failed", "landed", "ambiguous"]
-    frame = pd.DataFrame({"id": [f"r{i}" for i in range(10)], "status": status})
+    # The results table's own dtype for its text columns (see i2v.results).
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(10)], "status": status}).astype("string")
     shown = artifact_rows(frame, limit=4)
     assert list(shown["id"]) == ["r0", "r1", "r7", "r9"], "table order, the two not landed kept"
     assert artifact_rows(frame, limit=10) is frame
