@@ -62,6 +62,7 @@ class PrefectApi:
         self.started_at = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
         self.url: str | None = None  # of the temporary server, once the child serves
+        self.port = 0
         try:  # the child reports Prefect's value; until then the environment's
             self.timeout_s = float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
         except (KeyError, ValueError):
@@ -120,7 +121,8 @@ class PrefectApi:
             return
         words = self._read_answer().split()
         if words[:1] == ["serve"] and len(words) == 3:
-            self.url = f"http://127.0.0.1:{int(words[1])}/api"
+            self.port = int(words[1])
+            self.url = f"http://127.0.0.1:{self.port}/api"
             self.timeout_s = float(words[2])
             os.environ["PREFECT_API_URL"] = self.url
             # It serves no UI: no "View at" link to a page that does not exist.
@@ -155,7 +157,6 @@ class PrefectApi:
             raise PrefectUnavailable(self._unreachable)
         if self.url is None or self._ready or self.proc is None:
             return
-        port = int(self.url.split(":")[2].split("/")[0])
         # Counted from here, like Prefect's own wait: the time it shared the machine
         # with this process's imports is not held against it.
         deadline = time.monotonic() + self.timeout_s
@@ -169,7 +170,7 @@ class PrefectApi:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PrefectUnavailable(self._too_slow())
-            self._ready = _healthy(port, min(left, 1.0))
+            self._ready = _healthy(self.port, min(left, 1.0))
             if not self._ready:
                 time.sleep(0.05)
         log.info(

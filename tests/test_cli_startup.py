@@ -192,3 +192,25 @@ def test_a_configured_api_that_refuses_connections_is_one_line_before_prefect_lo
     assert f"the Prefect API at http://127.0.0.1:{port}/api" in cli.output
     assert "Traceback" not in cli.output
     assert none_left(home) == []
+
+
+def test_the_server_child_leaves_an_api_set_in_a_profile_alone(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The child reads Prefect's own settings: an API named in a profile (not in the
+    environment) means nothing to serve, and `i2v run` leaves Prefect to use it."""
+    home = tmp_path / "profile-home"
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        'active = "remote"\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
+    )
+    read_fd, write_fd = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-P", "-m", "cli.prefect_api", str(os.getpid()), str(write_fd)],
+        env={**env, "PREFECT_HOME": str(home)},
+        pass_fds=(write_fd,),
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as answer:
+        assert answer.read() == b"api\n"
+    assert child.wait(60) == 0
