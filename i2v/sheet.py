@@ -87,44 +87,6 @@ class SheetFrames:
         return len(self._tiles)
 
 
-def make_contact_sheet(
-    storage: Storage,
-    video_keys: Sequence[str],
-    run_id: str,
-    *,
-    thumb_width: int = THUMB_WIDTH,
-    columns: int = 4,
-    max_videos: int = MAX_SHEET_VIDEOS,
-    workers: int = 4,
-) -> str | None:
-    """Grid one frame of each video into DEST/runs/<run_id>/contact_sheet.png.
-
-    Args:
-        storage: DEST.
-        video_keys: Keys of landed videos ("videos/<id>.mp4"), in table order; each
-            tile is labelled with the file's stem (the row id).
-        run_id: The run whose folder receives the sheet.
-        thumb_width: Tile width in px (heights follow each video's aspect).
-        columns: Tiles per row.
-        max_videos: Only the first this many videos are shown (the sheet says so).
-        workers: Videos fetched and decoded in parallel.
-
-    Returns:
-        The sheet's `key_uri` (local path or s3:// URI), or None when there are no
-        videos. A video that cannot be read becomes a grey tile, never an error.
-    """
-    made = render_sheet(
-        storage,
-        video_keys,
-        run_id,
-        thumb_width=thumb_width,
-        columns=columns,
-        max_videos=max_videos,
-        workers=workers,
-    )
-    return None if made is None else storage.key_uri(made[1])
-
-
 def render_sheet(
     storage: Storage,
     video_keys: Sequence[str],
@@ -136,8 +98,24 @@ def render_sheet(
     workers: int = 4,
     frames: SheetFrames | None = None,
 ) -> tuple[PILImage.Image, str] | None:
-    """`make_contact_sheet`, returning the sheet itself and its key; tiles already in
-    `frames` (taken while landing, at the same width) are not read from DEST."""
+    """Grid one frame of each video into DEST/runs/<run_id>/contact_sheet.png.
+
+    Args:
+        storage: DEST.
+        video_keys: Keys of landed videos ("videos/<id>.mp4"), in table order; each
+            tile is labelled with the file's stem (the row id).
+        run_id: The run whose folder receives the sheet.
+        thumb_width: Tile width in px (heights follow each video's aspect).
+        columns: Tiles per row.
+        max_videos: Only the first this many videos are shown (the sheet says so).
+        workers: Videos fetched and decoded in parallel.
+        frames: Tiles taken while landing (`SheetFrames`, same width): not read
+            from DEST.
+
+    Returns:
+        The sheet and its key, or None when there are no videos. A video that cannot
+        be read becomes a grey tile, never an error.
+    """
     keys = list(dict.fromkeys(video_keys))  # duplicate rows share nothing on the sheet
     if not keys:
         return None

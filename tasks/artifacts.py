@@ -2,8 +2,9 @@
 
 `ProgressReporter` turns the pipeline's "outcome" events into a progress artifact that
 moves as rows land; updates are coalesced (at most one per `min_interval_s`) and run in
-the background, so a slow Prefect API never slows the pipeline. `make_contact_sheet`
-grids one frame of each landed video into DEST/runs/RUN_ID/contact_sheet.png.
+the background, so a slow Prefect API never slows the pipeline. `publish_contact_sheet`
+shows the sheet `i2v.sheet` grids from one frame of each landed video
+(DEST/runs/RUN_ID/contact_sheet.png).
 
 What the Prefect UI shows (checked in a browser): a markdown image renders only as a
 plain `![alt](url)` with an http(s) or `data:` URL, never nested in a link and never

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from PIL import Image
 
-from i2v.sheet import SheetFrames, make_contact_sheet, render_sheet
+from i2v.sheet import SheetFrames, render_sheet
 from i2v.simulator.render import render_video
 from i2v.storage import open_storage
 from tasks.artifacts import (
@@ -24,6 +24,12 @@ from tasks.artifacts import (
 from tests.helpers import EXAMPLES, read_artifacts
 
 pytestmark = [pytest.mark.timeout(180)]
+
+
+def make_contact_sheet(storage: Any, keys: list[str], run_id: str, **options: Any) -> str | None:
+    """The sheet's location, as the summary names it."""
+    made = render_sheet(storage, keys, run_id, **options)
+    return None if made is None else str(storage.key_uri(made[1]))
 
 
 def _job(rows: int) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from i2v import s3 as s3_module
 from i2v import steps
 from i2v._constants import MiB
 from i2v.errors import StorageError
-from i2v.s3 import BIG_TRANSFERS_AT_ONCE, S3Storage, make_s3_client
+from i2v.s3 import S3Storage, make_s3_client
 from i2v.storage import give_back_free_memory, open_storage
 
 
@@ -50,38 +49,6 @@ def test_big_upload_is_multipart_in_the_callers_thread(
     assert threading.active_count() == before
     head = storage.client.head_object(Bucket=storage.bucket, Key="out/videos/big.mp4")
     assert head["ETag"].strip('"').endswith("-3")
-
-
-def test_big_transfers_take_turns_beyond_their_places(
-    storage: S3Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    busy = {"now": 0, "peak": 0}
-    lock = threading.Lock()
-    real_upload = storage.client.upload_file
-
-    def counted(*args: Any, **kwargs: Any) -> None:
-        with lock:
-            busy["now"] += 1
-            busy["peak"] = max(busy["peak"], busy["now"])
-        try:
-            time.sleep(0.2)  # overlap the uploads if nothing keeps them apart
-            real_upload(*args, **kwargs)
-        finally:
-            with lock:
-                busy["now"] -= 1
-
-    monkeypatch.setattr(storage.client, "upload_file", counted)
-    files = [staged(tmp_path, f"v{i}.mp4", 9 * MiB) for i in range(BIG_TRANSFERS_AT_ONCE + 2)]
-    workers = [
-        threading.Thread(target=storage.put_file, args=(f"videos/{p.name}", p)) for p in files
-    ]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-
-    assert busy["peak"] == BIG_TRANSFERS_AT_ONCE
-    assert len(storage.list("videos/")) == len(files)
 
 
 def test_a_failed_big_upload_leaves_no_object_and_no_open_upload(
