@@ -44,7 +44,11 @@ SERVER_ENV = {
     "PREFECT__SERVER_FINAL": "1",
 }
 STOP_GRACE_S = 5.0  # as Prefect's own stop, then SIGKILL
-DEFAULT_STARTUP_TIMEOUT_S = 20.0  # PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+# Unless PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says otherwise: more than
+# Prefect's own 20 s, because this server shares the cores with the CLI's imports and
+# checks from its first second, and a first run creates its database (measured: 20 s
+# on a busy 2-core machine).
+DEFAULT_STARTUP_TIMEOUT_S = 60.0
 PARENT_CHECK_S = 0.25
 
 log = logging.getLogger("i2v.cli")
@@ -123,7 +127,8 @@ class PrefectApi:
         if words[:1] == ["serve"] and len(words) == 3:
             self.port = int(words[1])
             self.url = f"http://127.0.0.1:{self.port}/api"
-            self.timeout_s = float(words[2])
+            if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+                self.timeout_s = float(words[2])
             os.environ["PREFECT_API_URL"] = self.url
             # It serves no UI: no "View at" link to a page that does not exist.
             os.environ["PREFECT_UI_URL"] = ""

@@ -46,7 +46,8 @@ def test_big_upload_is_multipart_in_the_callers_thread(
     storage.put_file("videos/big.mp4", staged(tmp_path, "big.mp4", 17 * MiB))
 
     assert threads == {threading.get_ident()}  # 3 parts, no s3transfer threads
-    assert threading.active_count() == before
+    # None left behind (another test's thread may end meanwhile: at most as many).
+    assert threading.active_count() <= before
     head = storage.client.head_object(Bucket=storage.bucket, Key="out/videos/big.mp4")
     assert head["ETag"].strip('"').endswith("-3")
 
