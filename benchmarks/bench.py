@@ -48,6 +48,8 @@ The figures (L = simulator latency per video, C = provider cap = `--concurrency`
                  concurrency limit of C; efficiency ideal N*L/C over first submission ->
                  last landing (target >= 0.5), the parent flow run's wall time, max in
                  flight (<= C), Crashed task runs and flow runs not Completed (0).
+ 10 quality check benchmarks/qc_cost.py in-process: CPU of `i2v.qc.probe_video` per
+                 video over 100 simulator renders, against decoding a whole clip.
   The efficiency rows also give wall to wall, as a user sees it: ideal / (the run's wall
   time - the warm 1-row run's from `startup`) (target >= 0.9).
 
@@ -99,7 +101,17 @@ RESULTS = HERE / "results"
 EXAMPLES = HERE.parent / "examples"
 PICTURES = ("astronaut.png", "coffee.png", "rocket.jpg")
 VERBS = ("pan right", "pan left", "tilt up", "push in", "pull out", "orbit")
-SCENARIOS = ("startup", "efficiency", "rerun", "memory", "sample", "cap", "scale", "fanout")
+SCENARIOS = (
+    "startup",
+    "efficiency",
+    "rerun",
+    "memory",
+    "sample",
+    "cap",
+    "scale",
+    "fanout",
+    "qc",
+)
 MIB = 1 << 20
 BUCKET = "i2v-bench"
 
@@ -419,6 +431,12 @@ class Bench:
         say(f"  ... exit {run.exit_code} after {run.wall_s:.1f} s")
         return run
 
+    def qc(self) -> dict[str, Any]:
+        """The quality check's CPU per video, on the simulator's own renders."""
+        import qc_cost
+
+        return qc_cost.measure(videos=100, width=320)
+
     def run_all(self) -> None:
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "startup": self.startup,
@@ -429,6 +447,7 @@ class Bench:
             "cap": self.cap,
             "scale": self.scale,
             "fanout": self.fanout,
+            "qc": self.qc,
         }
         for name in SCENARIOS:
             if name in self.plan.scenarios:

@@ -59,6 +59,7 @@ def render(settings: dict[str, Any], host: dict[str, Any], results: dict[str, An
     rows += _cap_rows(results.get("cap"))
     rows += _scale_rows(results.get("scale"))
     rows += _fanout_rows(results.get("fanout"))
+    rows += _qc_rows(results.get("qc"))
     head = ["#", "Measure", "Result", "Target", "Met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -313,6 +314,25 @@ def _cap_rows(part: Any) -> list[Row]:
             f"{free['efficiency']:.2f} without ({free['actual_s']:.1f} s): {ratio:.2f} of it",
             ">= 0.9 of it, >= 0.8 of ideal",
             _met(ratio >= 0.9 and capped["efficiency"] >= 0.8),
+        )
+    ]
+
+
+def _qc_rows(part: Any) -> list[Row]:
+    if part is None:
+        return []
+    if (bad := _error("10", "Quality check", part)) is not None:
+        return bad
+    return [
+        (
+            "10",
+            "Quality check, CPU per video",
+            f"{part['probe_median_ms']:.1f} ms median, {part['probe_mean_ms']:.1f} ms mean, "
+            f"{part['probe_p95_ms']:.1f} ms p95 over {part['videos']} simulator videos "
+            f"({part['width']} px, 6 and 10 s; {part['frames_decoded']:.0f} frames decoded "
+            f"each); decoding a whole clip: {part['full_decode_ms']:.1f} ms",
+            "cheap (never a full decode)",
+            _met(part["probe_median_ms"] < part["full_decode_ms"]),
         )
     ]
 
