@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from i2v._constants import is_safe_id
 from i2v.claims import Records
+from i2v.concurrency import parallel_map
 from i2v.config import BatchOptions
 from i2v.errors import InputError
 from i2v.locations import read_location
@@ -20,7 +20,7 @@ from i2v.manifest import Manifest, ManifestRow
 from i2v.media import MAX_IMAGE_BYTES, ImageInfo, check_image
 from i2v.models import build_inputs, get_model
 from i2v.run import Job, RowPlan
-from i2v.state import InputRecord, input_identity
+from i2v.state import input_identity
 
 
 async def check_rows(
@@ -89,10 +89,7 @@ def _check_all(
         except InputError as exc:
             return str(exc)
 
-    if len(rows) <= 1:
-        return [one(r) for r in rows]
-    with ThreadPoolExecutor(max_workers=min(workers, len(rows))) as pool:
-        return list(pool.map(one, rows))
+    return parallel_map(one, rows, workers)
 
 
 def _read_and_check(row: ManifestRow, s3_client: Any | None) -> ImageInfo:
@@ -157,10 +154,7 @@ def group_jobs(plans: Sequence[RowPlan], options: BatchOptions) -> list[Job]:
 async def load_records(records: Records, jobs: Sequence[Job], workers: int = 32) -> None:
     """Attach each job's durable record (one small read per input, `workers` at once)."""
 
-    def read_all() -> list[InputRecord | None]:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-            return list(pool.map(records.get, (job.identity for job in jobs)))
-
-    if jobs:
-        for job, record in zip(jobs, await asyncio.to_thread(read_all), strict=True):
-            job.record = record
+    identities = [job.identity for job in jobs]
+    found = await asyncio.to_thread(parallel_map, records.get, identities, workers)
+    for job, record in zip(jobs, found, strict=True):
+        job.record = record

@@ -20,10 +20,10 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from i2v.concurrency import parallel_map
 from i2v.storage import LocalStorage, Storage, is_s3
 
 if TYPE_CHECKING:
@@ -120,8 +120,7 @@ def render_sheet(
     if not keys:
         return None
     shown = keys[:max_videos]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        tiles = list(pool.map(lambda k: _tile(storage, k, thumb_width, frames), shown))
+    tiles = parallel_map(lambda k: _tile(storage, k, thumb_width, frames), shown, workers)
     labels = [Path(k).stem for k in shown]
     if len(keys) > len(shown):
         labels[-1] += f"  (+{len(keys) - len(shown)} more)"

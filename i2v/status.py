@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from i2v.concurrency import parallel_map
 from i2v.config import ApiSettings
 from i2v.errors import StorageError
 from i2v.lifecycle import CLAIM_SLACK_S
@@ -168,7 +169,9 @@ def read_records(
         return _read_indexed(storage, workers)
     keys = [k for k in storage.list(STATE_PREFIX) if k.endswith(".json")]
     found = RecordsRead()
-    for key, got in zip(keys, _parallel(lambda k: _fetch(storage, k), keys, workers), strict=True):
+    for key, got in zip(
+        keys, parallel_map(lambda k: _fetch(storage, k), keys, workers), strict=True
+    ):
         found.add(storage, key, got)
     found.fetched = len(keys)
     return found
@@ -204,7 +207,7 @@ def _fetch(storage: Storage, key: str) -> InputRecord | bool | None:
 def _read_indexed(storage: S3Storage, workers: int) -> RecordsRead:
     # Identities are sha256 hex: 16 listings in parallel overlap their round trips.
     listing: dict[str, str] = {}
-    for part in _parallel(lambda c: storage.list_versions(f"{STATE_PREFIX}{c}"), _HEX, 16):
+    for part in parallel_map(lambda c: storage.list_versions(f"{STATE_PREFIX}{c}"), _HEX, 16):
         listing.update({k: v for k, v in part.items() if k.endswith(".json")})
     index, version = load_index(storage)
     found = RecordsRead()
@@ -232,10 +235,10 @@ def _read_indexed(storage: S3Storage, workers: int) -> RecordsRead:
         except ValidationError:
             return False, None
 
-    for key, (got, tag) in zip(todo, _parallel(fetch, todo, workers), strict=True):
+    for key, (got, got_tag) in zip(todo, parallel_map(fetch, todo, workers), strict=True):
         found.add(storage, key, got)
-        if isinstance(got, InputRecord) and tag:
-            kept.append((key, tag, got.model_dump_json().encode()))
+        if isinstance(got, InputRecord) and got_tag:
+            kept.append((key, got_tag, got.model_dump_json().encode()))
     found.fetched = len(todo)
     if todo or len(kept) != len(index):
         # Lost to a run refreshing it meanwhile, or a read-only DEST: answer without.
@@ -254,7 +257,7 @@ def read_runs(storage: Storage, last: int = LAST_RUNS) -> tuple[list[RunSummary]
         {k.split("/")[1] for k in storage.list("runs/") if k.endswith("/summary.json")}
     )
     wanted = run_ids[::-1][:last]
-    summaries = [s for s in _parallel(lambda r: _summary(storage, r), wanted, 8) if s]
+    summaries = [s for s in parallel_map(lambda r: _summary(storage, r), wanted, 8) if s]
     return summaries, len(run_ids)
 
 
@@ -272,13 +275,6 @@ def read_table(storage: Storage) -> Any:
 
     raw = storage.read_bytes("results.parquet")
     return None if raw is None else pd.read_parquet(io.BytesIO(raw))
-
-
-def _parallel(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
-    if len(items) <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
-        return list(pool.map(fn, items))
 
 
 # ----------------------------------------------------------------------------- building
