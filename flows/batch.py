@@ -30,6 +30,7 @@ from flows.common import (
     publish_artifacts,
     run_task_after,
     stop_on_signals,
+    untagged_task_runs,
 )
 from i2v.batching import Batch, MicroBatcher
 from i2v.claims import Records
@@ -154,7 +155,7 @@ async def i2v_batch(source: str, dest: str, options: BatchOptions = BatchOptions
         options: Model, concurrency, budget, polling and API settings.
     """
     control = current_control()
-    with stop_on_signals(control):
+    with stop_on_signals(control), untagged_task_runs():
         return await _batch(source, dest, options, control, True, None)
 
 
@@ -174,7 +175,7 @@ async def i2v_shard(
     tables into DEST/results.parquet (.csv) and makes one contact sheet.
     """
     control = current_control()
-    with stop_on_signals(control):
+    with stop_on_signals(control), untagged_task_runs():
         return await _batch(source, dest, options, control, False, lines)
 
 

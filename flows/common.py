@@ -63,6 +63,22 @@ def current_control() -> RunControl:
 
 
 @contextlib.contextmanager
+def untagged_task_runs() -> Iterator[None]:
+    """Task runs started inside carry no tags, whatever the flow run's tags are.
+
+    A tagged task run asks the API for the tag's concurrency slots as it starts, and
+    Prefect remembers "no such limit" for only 5 s: a wave of 40 submissions waited up
+    to 2 s behind that call (measured, N = 200). The flow run keeps its tags (`i2v`
+    from the CLI, a deployment's own), where the UI's filters work; a deployment's
+    task runs carried none already.
+    """
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
+
+
+@contextlib.contextmanager
 def stop_on_signals(control: RunControl) -> Iterator[None]:
     """SIGTERM (a worker cancelling the run, Docker, Kubernetes) and the first SIGINT
     wind the run down with its bookkeeping done, instead of killing it mid-flight.

@@ -180,7 +180,7 @@ def test_every_row_gets_a_log_line_and_a_task_run_says_its_rows(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_cli_runs_are_tagged_and_record_absolute_paths(
+def test_cli_runs_are_tagged_their_task_runs_are_not_and_record_absolute_paths(
     simulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = _demo(tmp_path)
@@ -200,6 +200,9 @@ def test_cli_runs_are_tagged_and_record_absolute_paths(
         ]
     assert len(runs) == 1, "the CLI's flow run records the absolute source"
     assert "i2v" in runs[0].tags
+    # A tagged task run would ask the API for tag concurrency slots as it starts.
+    task_runs = _task_runs(runs[0].id)
+    assert task_runs and all(not t.tags for t in task_runs), [t.tags for t in task_runs]
     assert runs[0].parameters["dest"] == str(tmp_path / "out")
 
 
