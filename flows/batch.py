@@ -341,26 +341,34 @@ async def publish_run(
         qc_flagged=qc_flags(frame),
         command=current_control().command,
     )
-    summary.results_uri = await run_task_after(
-        results_table,
-        after or [opened.checked_by],
-        edge="frame",
-        storage=ctx.dest,
-        frame=opaque(frame),
-        summary=summary,
-        publish=publish,
-        records=opaque(ctx.records),
-    )
-    sheet = ""
-    if publish:  # a fan-out parent makes one sheet for all its shards
+
+    async def contact_sheet() -> str:
+        if not publish:  # a fan-out parent makes one sheet for all its shards
+            return ""
         landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]
-        sheet = await publish_contact_sheet(
+        return await publish_contact_sheet(
             ctx.dest,
             [f"videos/{i}.mp4" for i in landed],
             ctx.run_id,
             link_hours=ctx.options.link_hours,
             frames=ctx.frames,
         )
+
+    # Independent: the sheet's PNG is encoded in a thread while the table is written.
+    sheet: str
+    summary.results_uri, sheet = await asyncio.gather(
+        run_task_after(
+            results_table,
+            after or [opened.checked_by],
+            edge="frame",
+            storage=ctx.dest,
+            frame=opaque(frame),
+            summary=summary,
+            publish=publish,
+            records=opaque(ctx.records),
+        ),
+        contact_sheet(),
+    )
     await publish_artifacts(
         frame,
         summary,

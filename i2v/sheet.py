@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from i2v.concurrency import parallel_map
 from i2v.storage import LocalStorage, Storage, is_s3
@@ -42,6 +42,7 @@ THUMB_WIDTH = 240
 # browser that opens the run).
 EMBED_MAX_BYTES = 300_000
 EMBED_MAX_WIDTH = 960
+PALETTE_PNG_BYTES_PER_PX = 0.35
 
 
 class SheetFrames:
@@ -91,20 +92,30 @@ def render_sheet(
     storage: Storage,
     video_keys: Sequence[str],
     run_id: str,
+    **options: Any,
+) -> tuple[PILImage.Image, str] | None:
+    """`sheet_image` written by `save_sheet`: the sheet and its key, or None when there
+    are no videos."""
+    sheet = sheet_image(storage, video_keys, **options)
+    return None if sheet is None else (sheet, save_sheet(storage, sheet, run_id))
+
+
+def sheet_image(
+    storage: Storage,
+    video_keys: Sequence[str],
     *,
     thumb_width: int = THUMB_WIDTH,
     columns: int = 4,
     max_videos: int = MAX_SHEET_VIDEOS,
     workers: int = 4,
     frames: SheetFrames | None = None,
-) -> tuple[PILImage.Image, str] | None:
-    """Grid one frame of each video into DEST/runs/<run_id>/contact_sheet.png.
+) -> PILImage.Image | None:
+    """Grid one frame of each video: the contact sheet, not yet written.
 
     Args:
         storage: DEST.
         video_keys: Keys of landed videos ("videos/<id>.mp4"), in table order; each
             tile is labelled with the file's stem (the row id).
-        run_id: The run whose folder receives the sheet.
         thumb_width: Tile width in px (heights follow each video's aspect).
         columns: Tiles per row.
         max_videos: Only the first this many videos are shown (the sheet says so).
@@ -113,8 +124,8 @@ def render_sheet(
             from DEST.
 
     Returns:
-        The sheet and its key, or None when there are no videos. A video that cannot
-        be read becomes a grey tile, never an error.
+        The sheet, or None when there are no videos. A video that cannot be read
+        becomes a grey tile, never an error.
     """
     keys = list(dict.fromkeys(video_keys))  # duplicate rows share nothing on the sheet
     if not keys:
@@ -124,17 +135,25 @@ def render_sheet(
     labels = [Path(k).stem for k in shown]
     if len(keys) > len(shown):
         labels[-1] += f"  (+{len(keys) - len(shown)} more)"
-    sheet = _grid(tiles, labels, thumb_width=thumb_width, columns=columns)
+    return _grid(tiles, labels, thumb_width=thumb_width, columns=columns)
+
+
+def sheet_key(run_id: str) -> str:
+    return f"runs/{run_id}/{CONTACT_SHEET_NAME}"
+
+
+def save_sheet(storage: Storage, sheet: PILImage.Image, run_id: str) -> str:
+    """Write `sheet` to DEST/runs/RUN_ID/contact_sheet.png; returns its key."""
     staging = Path(tempfile.mkdtemp(prefix="i2v-sheet-"))
     try:
         png = staging / CONTACT_SHEET_NAME
         # A 100-tile sheet is ~6 MP: `optimize` spends seconds of a run's end for 10%.
         sheet.save(png, format="PNG", compress_level=1)
-        key = f"runs/{run_id}/{CONTACT_SHEET_NAME}"
+        key = sheet_key(run_id)
         storage.put_file(key, png, content_type="image/png")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return sheet, key
+    return key
 
 
 def embedded_png(image: PILImage.Image, *, max_bytes: int = EMBED_MAX_BYTES) -> str:
@@ -143,10 +162,17 @@ def embedded_png(image: PILImage.Image, *, max_bytes: int = EMBED_MAX_BYTES) -> 
     from PIL import Image
 
     rgb = image.convert("RGB")
-    width = min(EMBED_MAX_WIDTH, rgb.width)
+    # A palette PNG of video frames takes about 0.35 B/px (measured on contact sheets):
+    # start at the width that should fit, so a tall sheet is usually encoded once.
+    area = max_bytes * 0.75 / PALETTE_PNG_BYTES_PER_PX
+    width = min(EMBED_MAX_WIDTH, rgb.width, max(64, int(math.sqrt(area * rgb.width / rgb.height))))
     while True:
         height = max(1, round(rgb.height * width / rgb.width))
-        small = rgb if width == rgb.width else rgb.resize((width, height), Image.Resampling.LANCZOS)
+        small = (
+            rgb
+            if width == rgb.width
+            else rgb.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        )
         buf = io.BytesIO()
         # Octree, not median cut: ~20x faster on a tall sheet, and this is a preview.
         small.quantize(colors=128, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG")

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from i2v.sheet import CONTACT_SHEET_NAME, SheetFrames, embedded_png, render_sheet
+from i2v.sheet import (
+    CONTACT_SHEET_NAME,
+    SheetFrames,
+    embedded_png,
+    save_sheet,
+    sheet_image,
+    sheet_key,
+)
 from i2v.storage import LocalStorage, Storage
 
 if TYPE_CHECKING:
@@ -215,18 +222,20 @@ async def publish_contact_sheet(
     from prefect.artifacts import acreate_link_artifact
 
     try:
-        made = await asyncio.to_thread(
-            render_sheet, storage, video_keys, run_id, frames=frames, **options
+        sheet = await asyncio.to_thread(sheet_image, storage, video_keys, frames=frames, **options)
+        if sheet is None:
+            return ""
+        key = sheet_key(run_id)
+        url = await asyncio.to_thread(web_link, storage, key, link_hours)
+        # The file and the summary's small copy are encoded at once, in two threads.
+        _, image = await asyncio.gather(
+            asyncio.to_thread(save_sheet, storage, sheet, run_id),
+            asyncio.to_thread(embedded_png, sheet) if url is None else _given(url),
         )
     except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
         log.warning("contact sheet not written: %s", exc)
         return ""
-    if made is None:
-        return ""
-    sheet, key = made
     where = storage.key_uri(key)
-    url = await asyncio.to_thread(web_link, storage, key, link_hours)
-    image = url or await asyncio.to_thread(embedded_png, sheet)
     full = f"[{CONTACT_SHEET_NAME}]({url}) (`{where}`)" if url else f"`{where}`"
     with contextlib.suppress(Exception):
         await acreate_link_artifact(
@@ -270,6 +279,10 @@ def video_links(storage: Storage, video_uris: Sequence[str | None], hours: float
         key = uri[len(base) :].lstrip("/") if uri.startswith(base) else None
         out.append((web_link(storage, key, hours) if key else None) or uri)
     return out
+
+
+async def _given(value: str) -> str:
+    return value
 
 
 def summary_tail(
