@@ -217,6 +217,7 @@ def _run_flow(
 
     from cli.checks import check_setup, count_rows
     from cli.prefect_api import PrefectApi, PrefectUnavailable
+    from i2v.storage import limit_malloc_arenas
 
     try:
         check_setup(dest, options)
@@ -224,6 +225,7 @@ def _run_flow(
         return _usage_error(exc)
     except StorageError as exc:
         return _usage_error(exc, "storage error")
+    limit_malloc_arenas()  # before this process starts its threads
     # From here the server starts in the background; a usage error exits without it.
     api = PrefectApi.start()
     try:

@@ -44,6 +44,7 @@ from i2v.rows import group_jobs, load_records
 from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReason
 from i2v.sheet import SheetFrames
 from i2v.state import Action, InputRecord, StateStore
+from i2v.storage import limit_malloc_arenas
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 from tasks.generate import GenerateItem, generate
 from tasks.land import LandItem, land
@@ -189,6 +190,7 @@ async def _batch(
 ) -> RunSummary:
     logger = get_run_logger()
     started = time.monotonic()
+    limit_malloc_arenas()  # before the run's threads start
     # State writes (fsync'd), S3 calls and file moves run in threads; the default pool
     # (cores + 4 threads) queues them behind each other when dozens of rows are live.
     asyncio.get_running_loop().set_default_executor(

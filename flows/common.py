@@ -199,7 +199,7 @@ async def open_run(
     if lines is not None:
         wanted = set(lines)
         manifest.rows = [r for r in manifest.rows if r.line in wanted]
-    plans = await run_task_after(
+    checked = await run_task_after(
         check_pictures,
         [read_id],
         edge="manifest",
@@ -208,6 +208,7 @@ async def open_run(
         options=options,
         s3_client=opaque(s3),
     )
+    plans = checked.plans
     inputs = len({p.identity for p in plans if p.identity and not p.error})
     for plan in plans:  # settled already: each gets its line, as every other row does
         if plan.error:

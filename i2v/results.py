@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
+import shutil
 import signal
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -241,12 +243,18 @@ def write_tables(
         "csv": storage.key_uri(f"{where}results.csv"),
         "run": storage.key_uri(run_prefix),
     }
-    parquet = io.BytesIO()
-    frame.to_parquet(parquet, index=False)
-    csv = frame.to_csv(index=False).encode("utf-8")
-    # History first: if the root write fails, the run's own copy is already there.
-    storage.write_bytes(f"{run_prefix}results.parquet", parquet.getvalue())
-    storage.write_bytes(f"{run_prefix}results.csv", csv, content_type="text/csv")
+    # Staged files, never whole tables in memory: at 100,000 rows the CSV text, its
+    # bytes and the parquet buffer were ~100 MiB on top of the frame at a run's end.
+    staged = Path(tempfile.mkdtemp(prefix="i2v-table-", dir=storage.staging_dir()))
+    try:
+        parquet, csv = staged / "results.parquet", staged / "results.csv"
+        frame.to_parquet(parquet, index=False)
+        frame.to_csv(csv, index=False, encoding="utf-8")
+        # History first: if the root write fails, the run's own copy is already there.
+        storage.put_file(f"{run_prefix}results.parquet", parquet)
+        storage.put_file(f"{run_prefix}results.csv", csv, content_type="text/csv")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     if summary is not None:
         told = summary.model_copy(update={"results_uri": uris["parquet"]})
         summary_json = json.dumps(told.model_dump(), indent=1, default=str).encode()
@@ -254,6 +262,6 @@ def write_tables(
             f"{run_prefix}summary.json", summary_json, content_type="application/json"
         )
     if publish:
-        storage.write_bytes("results.parquet", parquet.getvalue())
-        storage.write_bytes("results.csv", csv, content_type="text/csv")
+        storage.copy(f"{run_prefix}results.parquet", "results.parquet")
+        storage.copy(f"{run_prefix}results.csv", "results.csv")
     return uris

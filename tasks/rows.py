@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
@@ -30,9 +31,18 @@ def read_rows(source: str, options: BatchOptions, s3_client: Any = None) -> Mani
     return read_manifest_for(source, options, s3_client)
 
 
+@dataclass(frozen=True)
+class CheckedRows:
+    """check-pictures' result as one object: Prefect links each item of a returned
+    list to its task run, which for a list of plans is an entry per row for the whole
+    flow run."""
+
+    plans: list[RowPlan]
+
+
 @task(name="check-pictures", cache_policy=NO_CACHE)
 async def check_pictures(
     manifest: Manifest, options: BatchOptions, s3_client: Any = None
-) -> list[RowPlan]:
+) -> CheckedRows:
     """Decode and check every picture (format, size, aspect) and hash each input."""
-    return await check_rows(manifest, options, s3_client=s3_client)
+    return CheckedRows(await check_rows(manifest, options, s3_client=s3_client))

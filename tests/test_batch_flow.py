@@ -151,6 +151,11 @@ def test_mixed_batch_local_dest_then_rerun_pays_nothing(
     csv_table = pd.read_csv(dest / "results.csv", dtype=str, keep_default_na=False)
     assert list(csv_table["id"]) == list(table["id"])
     assert list(dest.glob("runs/*/summary.json"))
+    # The run's own copy is the same table; the staged files it was written from are gone.
+    (run_dir,) = dest.glob("runs/*/")
+    assert (run_dir / "results.csv").read_bytes() == (dest / "results.csv").read_bytes()
+    assert pd.read_parquet(run_dir / "results.parquet").equals(table)
+    assert not list((dest / ".staging").iterdir())
 
     # Exactly one job per distinct input: a, b (+dup), moderated.
     assert simulator.stats.jobs_created == 3

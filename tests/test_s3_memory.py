@@ -1,9 +1,12 @@
 """Big S3 transfers stay bounded in memory (see i2v.s3): in the caller's thread, a few at
-a time, multipart and atomic, malloc's free memory given back after each."""
+a time, multipart and atomic, malloc's free memory given back after each; and a run's
+threads share two malloc arenas."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -102,3 +105,52 @@ def test_unstaging_a_big_landing_gives_memory_back(
 
     assert not small.exists() and not big.exists()
     assert calls == ["trim", "trim"]
+
+
+ARENA_PROBE = r"""
+import ctypes, re, sys, tempfile, threading
+from pathlib import Path
+from i2v.storage import limit_malloc_arenas
+
+limited = sys.argv[1] == "limit" and limit_malloc_arenas(2)
+libc = ctypes.CDLL(None)
+held, ready, done = [], threading.Barrier(17), threading.Event()
+
+def work():
+    held.append([bytearray(300_000) for _ in range(4)])  # malloc'd, not pymalloc
+    ready.wait()
+    done.wait()
+
+threads = [threading.Thread(target=work) for _ in range(16)]
+for t in threads:
+    t.start()
+ready.wait()
+with tempfile.NamedTemporaryFile(suffix=".xml") as tmp:
+    libc.fopen.restype = ctypes.c_void_p
+    fp = libc.fopen(tmp.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(fp))
+    libc.fclose(ctypes.c_void_p(fp))
+    heaps = len(re.findall(r'<heap nr="\d+">', Path(tmp.name).read_text()))
+done.set()
+for t in threads:
+    t.join()
+print(limited, heaps)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+@pytest.mark.parametrize("mode", ["limit", "default"])
+def test_a_run_shares_two_malloc_arenas_however_many_threads(mode: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MALLOC_ARENA_MAX": ""},
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.split()
+    limited, heaps = out[0] == "True", int(out[1])
+    if mode == "limit":
+        assert limited and heaps <= 2, out
+    else:  # what it saves: glibc's default gives threads arenas of their own
+        assert heaps > 2, out
