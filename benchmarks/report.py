@@ -273,11 +273,17 @@ def _startup_rows(part: Any) -> list[Row]:
             continue
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items() if v is not None)
         share = r["parts"][r["dominant"]] / r["wall_s"]
+        walls = r.get("walls_s") or []
+        of = (
+            f" (the median of {len(walls)} runs: {', '.join(f'{w:.1f}' for w in walls)} s)"
+            if len(walls) > 1
+            else ""
+        )
         rows.append(
             (
                 "6",
                 measure,
-                f"{r['wall_s']:.1f} s = {parts}; dominated by {r['dominant']} ({share:.0%}). "
+                f"{r['wall_s']:.1f} s{of} = {parts}; dominated by {r['dominant']} ({share:.0%}). "
                 f"CPU: CLI {r['cli_cpu_s']:.1f} s, its Prefect server "
                 f"{r['prefect_server_cpu_s']:.1f} s",
                 "",

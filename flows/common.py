@@ -331,6 +331,40 @@ async def provider_cap(name: str | None, want: int) -> LeasedCap | None:
     return LeasedCap(name, want=min(want, limit.limit))
 
 
+# A Prefect server's answers while its database is busy (503 is SQLite's "database is
+# locked"): the increment did not happen.
+BUSY_ANSWERS = frozenset({429, 502, 503, 504})
+INCREMENT_PATH = "/v2/concurrency_limits/increment-with-lease"
+
+
+async def _increment_once(client: Any, name: str, slots: int, lease_s: float) -> Any:
+    """One increment-with-lease request, not retried: (status code, response).
+
+    The client's own methods wait 2 s before every retry, and a long-lived server on
+    SQLite answers 503 at once while a run's first writes hold its database: a wave of
+    rows waited 2.4 s for its slots (measured, N = 200). So the request goes through
+    the client's httpx client without its retry wrapper; a server that wants a CSRF
+    token (403), or a client without that attribute, gets the ordinary method.
+    """
+    import httpx
+
+    body = {"names": [name], "slots": slots, "mode": "concurrency", "lease_duration": lease_s}
+    http = getattr(client, "_client", None)
+    if isinstance(http, httpx.AsyncClient):
+        response = await httpx.AsyncClient.send(
+            http, http.build_request("POST", INCREMENT_PATH, json=body)
+        )
+        if response.status_code != 403:
+            return response.status_code, response
+    try:
+        response = await client.increment_concurrency_slots_with_lease(
+            names=[name], slots=slots, mode="concurrency", lease_duration=lease_s
+        )
+    except httpx.HTTPStatusError as exc:
+        return exc.response.status_code, exc.response
+    return response.status_code, response
+
+
 class LeasedCap:
     """The run's slots of a global concurrency limit, held as leases for its live window.
 
@@ -346,6 +380,7 @@ class LeasedCap:
     LEASE_S = 60.0  # the server's minimum lease
     RENEW_EVERY_S = 20.0
     LINGER_S = 0.5
+    BUSY_RETRY_S = 0.1
 
     def __init__(self, name: str, *, want: int) -> None:
         self.name = name
@@ -392,25 +427,7 @@ class LeasedCap:
         try:
             async with get_client() as client:
                 while self._waiters and self.held < self.want:
-                    # All or nothing on the server: halve what is asked until it fits,
-                    # so runs sharing a nearly full limit still grow by what is free
-                    # (one slot per retry wait starved a fan-out's shards).
-                    slots = min(self._waiters, self.want - self.held)
-                    lease = await self._lease(client, slots, wait_if_full=slots == 1)
-                    while lease is None and slots > 1:
-                        slots //= 2
-                        lease = await self._lease(client, slots, wait_if_full=slots == 1)
-                    if lease is None:
-                        continue
-                    async with self._wake:
-                        self._blocks[lease] = slots
-                        self.acquired += 1
-                        self.peak_held = max(self.peak_held, self.held)
-                        now = asyncio.get_running_loop().time()
-                        self._idle += [(lease, now)] * slots
-                        self._wake.notify_all()
-                    if self._keeper is None or self._keeper.done():
-                        self._keeper = asyncio.ensure_future(self._keep())
+                    await self._grow_once(client)
         finally:
             # Waiters that came while this grower was finishing saw it still running:
             # wake them so they look again (and start the next grower if need be).
@@ -418,23 +435,46 @@ class LeasedCap:
                 self._grower = None
                 self._wake.notify_all()
 
-    async def _lease(self, client: Any, slots: int, *, wait_if_full: bool) -> Any:
-        """One lease of `slots`, or None (after waiting out a full limit if asked)."""
+    async def _grow_once(self, client: Any) -> None:
+        # All or nothing on the server: halve what is asked until it fits, so runs
+        # sharing a nearly full limit still grow by what is free (one slot per retry
+        # wait starved a fan-out's shards).
+        slots = min(self._waiters, self.want - self.held)
+        lease, full = await self._lease(client, slots, wait_if_full=slots == 1)
+        while lease is None and full and slots > 1:
+            slots //= 2
+            lease, full = await self._lease(client, slots, wait_if_full=slots == 1)
+        if lease is None:
+            return
+        async with self._wake:
+            self._blocks[lease] = slots
+            self.acquired += 1
+            self.peak_held = max(self.peak_held, self.held)
+            now = asyncio.get_running_loop().time()
+            self._idle += [(lease, now)] * slots
+            self._wake.notify_all()
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.ensure_future(self._keep())
+
+    async def _lease(self, client: Any, slots: int, *, wait_if_full: bool) -> tuple[Any, bool]:
+        """(lease id, False); or (None, True): the limit has not `slots` free (waited
+        out first if asked); or (None, False): no answer, after a pause."""
         try:
-            response = await client.increment_concurrency_slots_with_lease(
-                names=[self.name], slots=slots, mode="concurrency", lease_duration=self.LEASE_S
-            )
-        except Exception as exc:
-            answer = getattr(exc, "response", None)
-            if getattr(answer, "status_code", None) == 423:
-                if wait_if_full:  # not even one slot: the server says when to look again
-                    wait = float(answer.headers.get("Retry-After", 1.0))  # type: ignore[union-attr]
-                    await asyncio.sleep(min(max(wait, 0.05), 1.0))
-            else:  # the server is away: rows wait for it, never past the cap
-                log.warning("cannot lease a slot of %r (%s); retrying", self.name, exc)
-                await asyncio.sleep(1.0)
-            return None
-        return response.json()["lease_id"]
+            code, answer = await _increment_once(client, self.name, slots, self.LEASE_S)
+        except Exception as exc:  # the server is away: rows wait for it, never past the cap
+            log.warning("cannot lease a slot of %r (%s); retrying", self.name, exc)
+            await asyncio.sleep(1.0)
+            return None, False
+        if code == 423:
+            if wait_if_full:  # not even one slot: the server says when to look again
+                wait = float(answer.headers.get("Retry-After", 1.0))
+                await asyncio.sleep(min(max(wait, 0.05), 1.0))
+            return None, True
+        if code in BUSY_ANSWERS:  # nothing was leased: ask again in a moment
+            await asyncio.sleep(self.BUSY_RETRY_S)
+            return None, False
+        answer.raise_for_status()
+        return answer.json()["lease_id"], False
 
     async def aclose(self) -> None:
         """Give every lease back now (the run is over): other runs need not wait for

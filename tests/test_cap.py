@@ -98,3 +98,111 @@ def test_a_run_leases_as_many_slots_as_rows_wait_and_never_more(tmp_path: Path) 
     assert peak == 4, f"at most {peak} rows ran at once under a limit of 4"
     assert cap.acquired < 12 and cap.peak_held == 4
     assert asyncio.run(_active_slots(name)) == 0
+
+
+class _BusyFirst:
+    """A real HTTP hop in front of the Prefect API that answers the first `busy`
+    increment-with-lease requests 503, as a long-lived server on SQLite does while a
+    run's first writes hold its database; everything else is passed through."""
+
+    def __init__(self, upstream: str, busy: int) -> None:
+        self.upstream, self.busy = upstream.rstrip("/"), busy
+        self.increments: list[tuple[float, int, int]] = []  # (monotonic, slots, status)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import json
+        import time
+
+        import httpx
+
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        path = scope["path"].removeprefix("/api")
+        if path.endswith("/increment-with-lease"):
+            slots = json.loads(body)["slots"]
+            if self.busy > 0:
+                self.busy -= 1
+                self.increments.append((time.monotonic(), slots, 503))
+                await _reply(send, 503, b'{"exception_message":"Service Unavailable"}', [])
+                return
+            self.increments.append((time.monotonic(), slots, 200))
+        query = scope["query_string"].decode()
+        url = f"{self.upstream}{path}" + (f"?{query}" if query else "")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"host",)]
+        async with httpx.AsyncClient() as client:
+            answer = await client.request(scope["method"], url, content=body, headers=headers)
+        kept = [
+            (k.encode(), v.encode())
+            for k, v in answer.headers.items()
+            if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+        ]
+        await _reply(send, answer.status_code, answer.content, kept)
+
+
+async def _reply(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    if not any(k == b"content-type" for k, _ in headers):
+        headers.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_busy_answer_is_asked_again_at_once_for_the_same_slots(tmp_path: Path) -> None:
+    """A 503 while leasing costs the rows a moment, not the Prefect client's 2 s wait
+    before its retry, and asks for the same slots again (a busy server is not a full
+    limit: nothing is halved)."""
+    import threading
+
+    import uvicorn
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.common import LeasedCap
+    from tests.helpers import free_port
+
+    name = f"cap-{tmp_path.name[-12:]}".lower().replace("_", "-") + "-busy"
+    asyncio.run(_limit(name, 4))
+    hop = _BusyFirst(str(PREFECT_API_URL.value()), busy=2)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(hop, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    ran = 0
+
+    @flow
+    async def rows() -> LeasedCap:
+        cap = LeasedCap(name, want=4)
+
+        async def row() -> None:
+            nonlocal ran
+            async with cap.slot():
+                ran += 1
+
+        await asyncio.gather(*(row() for _ in range(4)))
+        await cap.aclose()
+        return cap
+
+    try:
+        while not server.started:
+            threading.Event().wait(0.02)
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            asyncio.run(rows())
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert ran == 4
+    busy = [i for i in hop.increments if i[2] == 503]
+    granted = [i for i in hop.increments if i[2] == 200]
+    assert len(busy) == 2 and granted, hop.increments
+    first, then = hop.increments[0], hop.increments[len(busy)]
+    assert then[1] == first[1], "a busy answer is not a full limit: the same slots again"
+    # Prefect's own retry waits 2 s (+/- jitter) after each 503; ours 0.1 s.
+    assert then[0] - first[0] < 1.0, hop.increments
+    assert asyncio.run(_active_slots(name)) == 0
