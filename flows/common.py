@@ -473,7 +473,10 @@ class LeasedCap:
         if code in BUSY_ANSWERS:  # nothing was leased: ask again in a moment
             await asyncio.sleep(self.BUSY_RETRY_S)
             return None, False
-        answer.raise_for_status()
+        if code >= 400:  # e.g. the limit was deleted: rows wait, never past the cap
+            log.warning("cannot lease a slot of %r (HTTP %s); retrying", self.name, code)
+            await asyncio.sleep(1.0)
+            return None, False
         return answer.json()["lease_id"], False
 
     async def aclose(self) -> None:
