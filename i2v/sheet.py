@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from i2v.concurrency import parallel_map
 from i2v.storage import LocalStorage, Storage, is_s3
@@ -86,18 +86,6 @@ class SheetFrames:
 
     def __len__(self) -> int:
         return len(self._tiles)
-
-
-def render_sheet(
-    storage: Storage,
-    video_keys: Sequence[str],
-    run_id: str,
-    **options: Any,
-) -> tuple[PILImage.Image, str] | None:
-    """`sheet_image` written by `save_sheet`: the sheet and its key, or None when there
-    are no videos."""
-    sheet = sheet_image(storage, video_keys, **options)
-    return None if sheet is None else (sheet, save_sheet(storage, sheet, run_id))
 
 
 def sheet_image(

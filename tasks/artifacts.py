@@ -227,11 +227,12 @@ async def publish_contact_sheet(
             return ""
         key = sheet_key(run_id)
         url = await asyncio.to_thread(web_link, storage, key, link_hours)
-        # The file and the summary's small copy are encoded at once, in two threads.
-        _, image = await asyncio.gather(
-            asyncio.to_thread(save_sheet, storage, sheet, run_id),
-            asyncio.to_thread(embedded_png, sheet) if url is None else _given(url),
-        )
+        saving = asyncio.to_thread(save_sheet, storage, sheet, run_id)
+        if url is None:  # the file and the summary's small copy at once, in two threads
+            _, image = await asyncio.gather(saving, asyncio.to_thread(embedded_png, sheet))
+        else:
+            await saving
+            image = url
     except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
         log.warning("contact sheet not written: %s", exc)
         return ""
@@ -279,10 +280,6 @@ def video_links(storage: Storage, video_uris: Sequence[str | None], hours: float
         key = uri[len(base) :].lstrip("/") if uri.startswith(base) else None
         out.append((web_link(storage, key, hours) if key else None) or uri)
     return out
-
-
-async def _given(value: str) -> str:
-    return value
 
 
 def summary_tail(

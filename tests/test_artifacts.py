@@ -12,7 +12,7 @@ import boto3
 import pytest
 from PIL import Image
 
-from i2v.sheet import SheetFrames, render_sheet
+from i2v.sheet import SheetFrames, save_sheet, sheet_image
 from i2v.simulator.render import render_video
 from i2v.storage import open_storage
 from tasks.artifacts import (
@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.timeout(180)]
 
 def make_contact_sheet(storage: Any, keys: list[str], run_id: str, **options: Any) -> str | None:
     """The sheet's location, as the summary names it."""
-    made = render_sheet(storage, keys, run_id, **options)
-    return None if made is None else str(storage.key_uri(made[1]))
+    sheet = sheet_image(storage, keys, **options)
+    return None if sheet is None else str(storage.key_uri(save_sheet(storage, sheet, run_id)))
 
 
 def _job(rows: int) -> Any:
@@ -150,10 +150,7 @@ def test_sheet_tiles_taken_while_landing_need_no_read_from_dest(tmp_path: Path) 
     assert not frames.wanted(9) and frames.wanted(1)
     for key in keys:  # the sheet must not need the files any more
         (root / key).unlink()
-    sheet, _ = render_sheet(dest, keys, "run-1", thumb_width=100, columns=3, frames=frames) or (
-        None,
-        "",
-    )
+    sheet = sheet_image(dest, keys, thumb_width=100, columns=3, frames=frames)
     assert sheet is not None
     rgb = sheet.convert("RGB")
     tile_h = sheet.height - 6 - 16 - 6
