@@ -362,7 +362,10 @@ def build_status(
     spend = status.spent
     days: dict[str, float] = defaultdict(float)
     ambiguous_runs: list[str | None] = []
-    for rec in sorted(records, key=lambda r: r.submit_started_at or r.updated_at or ""):
+    # Identity breaks ties so the index and a full read list a group in one order.
+    for rec in sorted(
+        records, key=lambda r: (r.submit_started_at or r.updated_at or "", r.identity)
+    ):
         ids = ids_of.get(rec.identity, [])
         kind = _input_status(rec, claim_ttl_s, now)
         by_input[kind] += 1

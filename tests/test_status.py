@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from i2v.state import HOST, InputRecord, Phase, StateStore, utcnow
+from i2v.status import build_status
 from i2v.storage import open_storage
 from tests.helpers import REPO, cli_run, read_artifacts, sim_config, state_records, write_manifest
 
@@ -217,6 +218,19 @@ def test_status_of_records_alone(tmp_path: Path) -> None:
     (tmp_path / "_state" / f"{9:064x}.json").write_text("{not json")
     code, body = status_json(tmp_path)
     assert code == 1 and body["unreadable"] == [str(tmp_path / "_state" / f"{9:064x}.json")]
+
+
+def test_records_started_in_one_instant_list_in_one_order(tmp_path: Path) -> None:
+    # The index and a full read hand records over in different orders.
+    flagged = [_record(i, Phase.LANDED, qc=f"short:{i}.0s") for i in (3, 1, 2)]
+    storage = open_storage(tmp_path)
+    orders = {
+        tuple(
+            i.identity for g in build_status(storage, recs, None, []).needs_person for i in g.items
+        )
+        for recs in (flagged, flagged[::-1])
+    }
+    assert orders == {tuple(f"{i:064x}" for i in (1, 2, 3))}
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
