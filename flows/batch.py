@@ -36,11 +36,11 @@ from i2v.batching import Batch, MicroBatcher
 from i2v.claims import Records
 from i2v.concurrency import AdaptiveLimiter
 from i2v.config import BatchOptions
-from i2v.lifecycle import action_for, run_jobs
+from i2v.lifecycle import run_jobs, triage
 from i2v.models import get_model
 from i2v.preflight import preflight
 from i2v.results import RunSummary, qc_flags, result_rows, status_counts, top_errors
-from i2v.rows import group_jobs, load_records
+from i2v.rows import group_jobs
 from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReason
 from i2v.sheet import SheetFrames
 from i2v.state import Action, InputRecord, StateStore
@@ -200,13 +200,6 @@ async def _batch(
     opened = await open_run(source, dest, options, lines=lines)
     records = Records(StateStore(opened.dest))
     jobs = group_jobs(opened.plans, options)
-    await load_records(records, jobs)
-    control.phase(
-        "rows checked",
-        rows=len(opened.plans),
-        rejected=sum(1 for p in opened.plans if p.error),
-        inputs=len(jobs),
-    )
     limiter = AdaptiveLimiter(options.concurrency)
 
     def context(**more: Any) -> RunContext:
@@ -222,12 +215,19 @@ async def _batch(
             **more,
         )
 
-    if options.dry_run:
-        return dry_run_summary(context(), source, opened, jobs)
     deciding = context()
-    actions = {action_for(deciding, job.record) for job in jobs}
+    await triage(deciding, jobs)
+    control.phase(
+        "rows checked",
+        rows=len(opened.plans),
+        rejected=sum(1 for p in opened.plans if p.error),
+        inputs=len(jobs),
+    )
+    if options.dry_run:
+        return dry_run_summary(deciding, source, opened, jobs)
+    actions = {job.action for job in jobs if job.outcome is None}
     needs_api = bool(actions & {Action.SUBMIT, Action.POLL, Action.LAND, Action.FOLLOW})
-    # A landed input may need re-fetching if its video vanished from DEST: keep a client.
+    # A landed input whose video vanished from DEST is fetched again: keep a client.
     needs_client = needs_api or Action.DONE in actions
     # Live progress in the UI: rows rejected before any call are done already.
     reporter = ProgressReporter()

@@ -31,14 +31,13 @@ from prefect.states import Crashed
 from pydantic import Field
 
 from flows.common import OpenedRun, dry_run_summary, open_run, publish_artifacts
-from i2v.claims import Records
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
+from i2v.lifecycle import triage
 from i2v.results import RunSummary, status_counts, top_errors, write_tables
-from i2v.rows import group_jobs, load_records
+from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
 from i2v.shards import STATS, ShardReport, ShardRun, merge_shards, plan_shards
-from i2v.state import StateStore
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 
 POLL_S = 2.0  # how often the parent reads its shards' states
@@ -272,7 +271,7 @@ async def _dry_run(
     """Counts, cost estimate and the shard plan; no shard runs, no API, no writes."""
     ctx = RunContext(options=options, dest=opened.dest, run_id=opened.run_id, s3_client=opened.s3)
     jobs = group_jobs(opened.plans, options)
-    await load_records(Records(StateStore(opened.dest)), jobs)
+    await triage(ctx, jobs)
     base = dry_run_summary(ctx, source, opened, jobs)
     get_run_logger().info(
         "dry run: %s; estimated cost $%.2f in %d shards",

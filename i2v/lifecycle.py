@@ -18,6 +18,7 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from i2v.concurrency import parallel_map
 from i2v.errors import I2VError, InputError
 from i2v.run import (
     Job,
@@ -68,6 +69,32 @@ def action_for(ctx: RunContext, record: InputRecord | None) -> Action:
     )
 
 
+# Records read and reduced at a time: all a rerun of a finished batch holds at once.
+TRIAGE_CHUNK = 1024
+
+
+async def triage(ctx: RunContext, jobs: Sequence[Job], workers: int = 32) -> None:
+    """Read each job's durable record and decide its next action, `workers` reads at once.
+
+    Rows with nothing to do (final, held ambiguous, landed with every video in DEST)
+    are settled here and keep only their result facts: records are read a chunk at a
+    time, so what a rerun holds does not grow with the records of its finished rows.
+    """
+    present: frozenset[str] | None = None  # videos/, listed once the first landed row shows
+    for start in range(0, len(jobs), TRIAGE_CHUNK):
+        chunk = jobs[start : start + TRIAGE_CHUNK]
+        identities = [job.identity for job in chunk]
+        found = await asyncio.to_thread(parallel_map, ctx.records.get, identities, workers)
+        for job, record in zip(chunk, found, strict=True):
+            job.record, job.action = record, action_for(ctx, record)
+            if job.action is Action.DONE and present is None:
+                present = frozenset(await asyncio.to_thread(ctx.dest.list, "videos/"))
+            if job.action in (Action.FINAL, Action.HOLD_AMBIGUOUS) or (
+                job.action is Action.DONE and _all_videos_in(job, record, present or ())
+            ):
+                job.outcome, job.record = outcome_of(record).settled(), None
+
+
 async def run_jobs(
     ctx: RunContext,
     steps: Steps,
@@ -75,17 +102,15 @@ async def run_jobs(
     *,
     on_settled: Callable[[Job], None] | None = None,
 ) -> None:
-    """Carry every job as far as it goes in this run, a bounded window of rows at a time.
+    """Carry every job `triage` left unsettled as far as it goes in this run, a bounded
+    window of rows at a time.
 
     A bounded producer: a row gets its coroutine only when `ctx.window` has room, so
-    what a run holds grows with its concurrency, not its manifest. Rows with nothing to
-    do (final, held ambiguous, landed with every video in DEST, or not to be submitted
-    because the run stopped) settle here without a coroutine, a step or a log line of
-    their own: a rerun costs one listing of videos/ and microseconds per row. Each
-    settled row keeps only its result facts.
+    what a run holds grows with its concurrency, not its manifest. Rows settled by
+    `triage`, and rows not to be submitted because the run stopped, settle here without
+    a coroutine, a step or a log line of their own: a rerun costs microseconds per row.
+    Each settled row keeps only its result facts.
     """
-    jobs = list(jobs)
-    present = await _videos_in_dest(ctx, jobs)
     quiet = 0
     live: set[asyncio.Task[None]] = set()
 
@@ -104,9 +129,13 @@ async def run_jobs(
             ctx.window.leave(job.identity)
 
     for job in jobs:
-        outcome = _settled_without_work(ctx, job, present)
-        if outcome is not None:
-            settle(job, outcome, log=False)
+        if job.outcome is None and job.action is Action.SUBMIT and ctx.stop_reason is not None:
+            # Stopped: nothing new is submitted.
+            job.outcome = outcome_of(
+                job.record, error=NotSubmitted(ctx.stop_message or "not submitted")
+            )
+        if job.outcome is not None:
+            settle(job, job.outcome, log=False)
             quiet += 1
             continue
         await ctx.window.enter(job.identity)
@@ -124,25 +153,6 @@ def _log_outcome(ctx: RunContext, job: Job, outcome: JobOutcome) -> None:
     ctx.log.info("%s: %s%s", job.name, outcome.status, why)
     for extra in job.rows[1:]:
         ctx.log.info("%s: %s (a copy of %s)%s", extra.row_id, outcome.status, job.name, why)
-
-
-async def _videos_in_dest(ctx: RunContext, jobs: Sequence[Job]) -> frozenset[str]:
-    """The keys under videos/ when some landed input may need nothing (one listing)."""
-    if not any(action_for(ctx, job.record) is Action.DONE for job in jobs):
-        return frozenset()
-    return frozenset(await asyncio.to_thread(ctx.dest.list, "videos/"))
-
-
-def _settled_without_work(ctx: RunContext, job: Job, present: frozenset[str]) -> JobOutcome | None:
-    """The outcome of a row that needs no step in this run, or None if it needs one."""
-    action = action_for(ctx, job.record)
-    if action in (Action.FINAL, Action.HOLD_AMBIGUOUS):
-        return outcome_of(job.record)
-    if action is Action.DONE and _all_videos_in(job, job.record, present):
-        return outcome_of(job.record)
-    if action is Action.SUBMIT and ctx.stop_reason is not None:  # stopped: nothing new
-        return outcome_of(job.record, error=NotSubmitted(ctx.stop_message or "not submitted"))
-    return None
 
 
 def _all_videos_in(job: Job, record: InputRecord | None, present: Container[str]) -> bool:
@@ -369,7 +379,7 @@ def dry_run_counts(
     counts: dict[str, int] = {"rejected": sum(1 for p in plans if p.error)}
     estimate = 0.0
     for job in jobs:
-        action = action_for(ctx, job.record)
+        action = job.action
         counts[str(action)] = counts.get(str(action), 0) + len(job.rows)
         if action is Action.SUBMIT:
             estimate += ctx.options.price(job.duration, catalog_usd=ctx.catalog_price_usd)

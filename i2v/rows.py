@@ -1,5 +1,5 @@
 """From manifest rows to plans and jobs: check each picture, name each row, group rows
-that are the same paid input, and attach each input's durable record.
+that are the same paid input (`i2v.lifecycle.triage` reads their durable records).
 
 Nothing here calls the API or pays: a bad row gets an error and never stops the others.
 """
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from i2v._constants import is_safe_id
-from i2v.claims import Records
 from i2v.concurrency import parallel_map
 from i2v.config import BatchOptions
 from i2v.errors import InputError
@@ -149,12 +148,3 @@ def group_jobs(plans: Sequence[RowPlan], options: BatchOptions) -> list[Job]:
         else:
             job.rows.append(plan)
     return list(jobs.values())
-
-
-async def load_records(records: Records, jobs: Sequence[Job], workers: int = 32) -> None:
-    """Attach each job's durable record (one small read per input, `workers` at once)."""
-
-    identities = [job.identity for job in jobs]
-    found = await asyncio.to_thread(parallel_map, records.get, identities, workers)
-    for job, record in zip(jobs, found, strict=True):
-        job.record = record

@@ -28,7 +28,7 @@ from i2v.media import ImageInfo
 from i2v.models import get_model
 from i2v.polling import DurationEstimator, PollSchedule
 from i2v.sheet import SheetFrames
-from i2v.state import InputRecord, StateStore
+from i2v.state import Action, InputRecord, StateStore
 from i2v.storage import Storage
 
 log = logging.getLogger("i2v.run")
@@ -150,6 +150,7 @@ class Job:
     duration: int | None
     options: dict[str, Any]
     record: InputRecord | None = None
+    action: Action = Action.SUBMIT  # what `i2v.lifecycle.triage` decided from the record
     outcome: JobOutcome | None = None
 
     @property

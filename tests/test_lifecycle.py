@@ -532,7 +532,7 @@ def test_the_live_window_stays_bounded_however_long_the_manifest(tmp_path: Path)
 
 
 def test_a_rerun_of_landed_rows_settles_them_without_a_step(tmp_path: Path) -> None:
-    from i2v.lifecycle import run_jobs
+    from i2v.lifecycle import run_jobs, triage
 
     ctx = make_ctx(tmp_path / "dest", concurrency=4)
     asyncio.run(run_jobs(ctx, PacedSteps(ctx), distinct_jobs(60)))
@@ -541,8 +541,7 @@ def test_a_rerun_of_landed_rows_settles_them_without_a_step(tmp_path: Path) -> N
 
     again = make_ctx(tmp_path / "dest", run_id="run-b", concurrency=4)
     jobs = distinct_jobs(60)
-    for job in jobs:
-        job.record = again.records.get(job.identity)
+    asyncio.run(triage(again, jobs))
     steps = PacedSteps(again)
     asyncio.run(run_jobs(again, steps, jobs, on_settled=steps.on_settled))
 
@@ -550,6 +549,39 @@ def test_a_rerun_of_landed_rows_settles_them_without_a_step(tmp_path: Path) -> N
     assert steps.started == {jobs[7].identity} and steps.calls == 1, "only the land step"
     assert again.window.peak_live == 1
     assert (tmp_path / "dest" / "videos" / "row-7.mp4").exists()
+
+
+def test_triage_holds_one_chunk_of_records_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from i2v import lifecycle
+    from i2v.lifecycle import run_jobs, triage
+
+    first = make_ctx(tmp_path / "dest", concurrency=4)
+    asyncio.run(run_jobs(first, PacedSteps(first), distinct_jobs(100)))
+    (tmp_path / "dest" / "videos" / "row-42.mp4").unlink()
+
+    monkeypatch.setattr(lifecycle, "TRIAGE_CHUNK", 16)
+    again = make_ctx(tmp_path / "dest", run_id="run-b", concurrency=4)
+    jobs = distinct_jobs(120)  # 100 landed, 20 never seen
+    held: list[int] = []
+    read = again.records.get
+
+    def get(identity: str) -> InputRecord | None:
+        held.append(sum(j.record is not None for j in jobs))
+        return read(identity)
+
+    monkeypatch.setattr(again.records, "get", get)
+    asyncio.run(triage(again, jobs))
+
+    assert len(held) == 120 and max(held) <= 16 + 1, "one chunk, and the row missing a video"
+    unsettled = [j for j in jobs if j.outcome is None]
+    assert [j.name for j in unsettled] == ["row-42", *(f"row-{i}" for i in range(100, 120))]
+    assert unsettled[0].action is Action.DONE and unsettled[0].record is not None
+    assert {j.action for j in unsettled[1:]} == {Action.SUBMIT}
+    settled = [j for j in jobs if j.outcome is not None]
+    assert all(j.record is None and j.outcome.record is None for j in settled if j.outcome)
+    assert all(j.outcome.shown and j.outcome.shown.cost_usd == PRICE for j in settled if j.outcome)
 
 
 def test_a_manifest_column_named_like_ours_is_carried_beside_it(tmp_path: Path) -> None:
