@@ -129,13 +129,14 @@ async def run_jobs(
             ctx.window.leave(job.identity)
 
     for job in jobs:
-        if job.outcome is None and job.action is Action.SUBMIT and ctx.stop_reason is not None:
+        outcome = job.outcome
+        if outcome is None and job.action is Action.SUBMIT and ctx.stop_reason is not None:
             # Stopped: nothing new is submitted.
-            job.outcome = outcome_of(
+            outcome = outcome_of(
                 job.record, error=NotSubmitted(ctx.stop_message or "not submitted")
             )
-        if job.outcome is not None:
-            settle(job, job.outcome, log=False)
+        if outcome is not None:
+            settle(job, outcome, log=False)
             quiet += 1
             continue
         await ctx.window.enter(job.identity)
