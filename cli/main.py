@@ -28,7 +28,7 @@ from cli.options import ConfigFile
 from cli.status import STATUS_EXAMPLES
 from cli.status import status as status_command
 from i2v.config import load_options
-from i2v.errors import ConfigError, I2VError, ManifestError, StorageError
+from i2v.errors import ConfigError, DestUnreachable, I2VError, ManifestError, StorageError
 
 T = TypeVar("T")
 
@@ -260,6 +260,9 @@ def _run_flow(
             summary = run_async(i2v_batch(_absolute(source), _absolute(dest), options))
     except (ConfigError, ManifestError, RunAborted, PrefectUnavailable) as exc:
         return _usage_error(exc)
+    except DestUnreachable as exc:  # paid rows kept on this machine: not a usage error
+        err.print(f"[red]stopped:[/red] {exc}", highlight=False, soft_wrap=True)
+        return {"SIGINT": 130, "SIGTERM": 143}.get(control.signal or "", 1)
     except StorageError as exc:
         return _usage_error(exc, "storage error")
     except I2VError as exc:
@@ -285,7 +288,14 @@ class _UserErrorFilter(logging.Filter):
     """Drop Prefect's console lines about a run that failed on a usage error: the CLI
     says it in one line (the Prefect UI keeps the full record)."""
 
-    NAMES = ("ConfigError", "ManifestError", "StorageError", "RunAborted", "InputError")
+    NAMES = (
+        "ConfigError",
+        "ManifestError",
+        "StorageError",
+        "DestUnreachable",
+        "RunAborted",
+        "InputError",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:

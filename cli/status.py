@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -18,7 +19,11 @@ STATUS_EXAMPLES = """Examples:
   i2v status out/demo
   i2v status s3://bucket/videos/run1 --json | jq .needs_person
 
+  i2v status s3://bucket/videos/run1 --attach journal.jsonl
+
 Reads DEST/_state/, DEST/results.parquet and DEST/runs/*/summary.json; calls no API.
+--attach writes the paid records a run kept on another machine (the journal file its
+"DEST unreachable" message named) into DEST first.
 Exit codes: 0 nothing needs a person, 1 something does (listed with what to do),
 2 usage or storage error."""
 
@@ -33,6 +38,14 @@ def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (for scripts).")
     ] = False,
+    attach: Annotated[
+        Path | None,
+        typer.Option(
+            "--attach",
+            metavar="FILE",
+            help="First write into DEST the paid records a stopped run kept in FILE (its journal).",
+        ),
+    ] = None,
 ) -> None:
     """Say what DEST holds: rows and inputs by status, money spent, the last runs, and
     the rows that need a person, each with what to do."""
@@ -45,6 +58,8 @@ def status(
         storage = open_storage(dest)
         if isinstance(storage, LocalStorage) and not storage.root.is_dir():
             raise ConfigError(f"no DEST at {storage.root}: the folder does not exist")
+        if attach is not None:
+            _attach(storage, attach)
         found = dest_status(storage)
     except ConfigError as exc:
         raise typer.Exit(_usage_error(exc)) from None
@@ -55,3 +70,20 @@ def status(
     else:
         typer.echo(render_text(found))
     raise typer.Exit(found.exit_code)
+
+
+def _attach(storage: Any, path: Path) -> None:
+    """Write a journal's kept records into DEST (what the next run there would do)."""
+    from i2v.claims import Records
+    from i2v.errors import ConfigError
+    from i2v.journal import adopt_entries, read_journal
+    from i2v.state import StateStore
+
+    try:
+        entries = read_journal(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    written, conflicts = adopt_entries(Records(StateStore(storage)), entries)
+    sys.stderr.write(f"attached {path}: {written} kept records written into {storage.uri}\n")
+    for conflict in conflicts:
+        sys.stderr.write(f"  not attached: {conflict}\n")

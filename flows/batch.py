@@ -36,6 +36,8 @@ from i2v.batching import Batch, MicroBatcher
 from i2v.claims import Records
 from i2v.concurrency import AdaptiveLimiter
 from i2v.config import BatchOptions
+from i2v.errors import DestUnreachable
+from i2v.journal import adopt
 from i2v.lifecycle import run_jobs, triage
 from i2v.models import get_model
 from i2v.preflight import preflight
@@ -45,7 +47,7 @@ from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReas
 from i2v.sheet import SheetFrames
 from i2v.state import Action, InputRecord, StateStore
 from i2v.storage import limit_malloc_arenas
-from tasks.artifacts import ProgressReporter, publish_contact_sheet
+from tasks.artifacts import ProgressReporter, kept_message, publish_contact_sheet, publish_kept
 from tasks.generate import GenerateItem, generate
 from tasks.land import LandItem, land
 from tasks.poll import PollItem, poll
@@ -199,6 +201,11 @@ async def _batch(
     control.phase("checking pictures")
     opened = await open_run(source, dest, options, lines=lines)
     records = Records(StateStore(opened.dest))
+    if not options.dry_run:
+        # What an earlier run on this machine paid for and could not record: first.
+        _, conflicts = await asyncio.to_thread(adopt, records, opened.dest.uri)
+        for conflict in conflicts:
+            logger.warning("journal: %s", conflict)
     jobs = group_jobs(opened.plans, options)
     limiter = AdaptiveLimiter(options.concurrency)
 
@@ -257,6 +264,7 @@ async def _batch(
             **({"provider_slot": slot} if slot is not None else {}),
         )
         control.attach(ctx)
+        stack.push_async_callback(ctx.kept.close)
         steps = PrefectSteps(ctx, after=opened.checked_by)
         rows = asyncio.ensure_future(run_jobs(ctx, steps, jobs, on_settled=steps.settled))
         try:
@@ -269,11 +277,17 @@ async def _batch(
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(rows), _wind_down_s(options))
                 await asyncio.wait_for(steps.close(), 5.0)
-            await publish_run(
-                ctx, opened, jobs, source, started, publish=write_table, after=steps.last_runs()
-            )
+            if ctx.kept.pending:
+                await publish_kept(ctx)
+            else:
+                await publish_run(
+                    ctx, opened, jobs, source, started, publish=write_table, after=steps.last_runs()
+                )
             raise
     control.phase("writing results")
+    if ctx.kept.pending:  # DEST never took them back: no table either, but nothing lost
+        await publish_kept(ctx)
+        raise DestUnreachable(kept_message(ctx))
     summary = await publish_run(
         ctx, opened, jobs, source, started, publish=write_table, after=steps.last_runs()
     )
@@ -368,6 +382,7 @@ async def publish_run(
             summary=summary,
             publish=publish,
             records=opaque(ctx.records),
+            watch=opaque(ctx.watch),
         ),
         contact_sheet(),
     )

@@ -11,15 +11,20 @@ already holds something further along for the same prediction.
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
+import time
+import uuid
 import zlib
 from collections.abc import Iterator, Mapping
 
-from i2v.state import InputRecord, Phase, StateStore
+from i2v.errors import StorageError
+from i2v.state import HOST, InputRecord, Phase, StateStore
 from i2v.status_index import indexed
 
 # How far along a record is, for the same prediction: a later write never goes back.
-_RANK = {
+RANK = {
     Phase.SUBMITTING: 0,
     Phase.AMBIGUOUS: 1,
     Phase.SUBMITTED: 2,
@@ -34,16 +39,25 @@ _CAS_ATTEMPTS = 8
 class Records:
     """One run's reads and writes of the durable records, with the versions it saw.
 
-    Thread-safe: the pipeline calls it from worker threads.
+    Every write carries a token unique to it (`InputRecord.write_token`). A conditional
+    write whose answer was lost is resent by the storage and refused (412: the object
+    is no longer at the version it names): reading the record back tells our own write
+    from another run's. Thread-safe: the pipeline calls it from worker threads; writes
+    of one input are serialized.
     """
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, writer: str | None = None) -> None:
         self.store = store
+        # This run's token prefix: unique per Records (one per run), so a record whose
+        # token has it was written by this run.
+        self.writer = writer or f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        self._tokens = itertools.count(1)
         self._versions: dict[str, str | None] = {}
         # Where `i2v status` keeps an index, also the record each version stands for,
         # for `latest`: deflated, ~360 B a record (its JSON is ~1.4 KB, parsed ~4.7 KB).
         self._latest: dict[str, tuple[str, bytes]] | None = {} if indexed(store.storage) else None
         self._lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(64)]
 
     def _seen(self, identity: str, version: str | None, record: InputRecord | None) -> None:
         kept = None
@@ -70,19 +84,52 @@ class Records:
         with self._lock:
             return self._versions.get(identity)
 
+    def mine(self, record: InputRecord | None) -> bool:
+        """Whether this run wrote `record`."""
+        token = record.write_token if record is not None else None
+        return bool(token) and str(token).rpartition(":")[0] == self.writer
+
     def get(self, identity: str) -> InputRecord | None:
-        """The current record (None: never claimed), remembering its version."""
+        """The current record (None: never claimed), remembering its version.
+
+        Raises UnreadableRecord when it does not parse."""
         record, version = self.store.get_versioned(identity)
         self._seen(identity, version, record)
         return record
 
-    def _write(self, record: InputRecord) -> bool:
-        """Compare-and-swap `record` over the version last seen; True if it was written."""
-        new = self.store.replace(record, self._version(record.identity))
-        if new is None:
-            return False
-        self._seen(record.identity, new, record)
-        return True
+    def _swap(self, record: InputRecord) -> tuple[bool, InputRecord | None]:
+        """Compare-and-swap `record` over the version last seen: (True, the record as
+        written) or (False, what DEST holds instead).
+
+        Raises StorageError when DEST does not answer, and the record is then as it
+        was (a lost answer is settled by reading back before giving up)."""
+        identity = record.identity
+        stamped = record.model_copy(update={"write_token": f"{self.writer}:{next(self._tokens)}"})
+        with self._stripes[hash(identity) % len(self._stripes)]:
+            version = self._version(identity)
+            for _ in range(_CAS_ATTEMPTS):
+                lost: StorageError | None = None
+                try:
+                    new = self.store.replace(stamped, version)
+                except StorageError as exc:  # no answer: the write may have landed
+                    new, lost = None, exc
+                if new is not None:
+                    self._seen(identity, new, stamped)
+                    return True, stamped
+                current, now = self.store.get_versioned(identity)
+                self._seen(identity, now, current)
+                if current is not None and current.write_token == stamped.write_token:
+                    return True, current  # ours: its answer was lost, or refused on resend
+                if now == version:
+                    if lost is not None:
+                        raise lost  # not written: DEST holds what we saw
+                    time.sleep(0.05)  # refused without a change: a conflicting write in flight
+                    continue
+                if self.mine(current):
+                    version = now  # an earlier write of ours landed after its answer was lost
+                    continue
+                return False, current
+        raise RuntimeError(f"state record of {identity[:12]} keeps changing")
 
     def claim(self, intent: InputRecord) -> InputRecord | None:
         """Write the `submitting` intent only over the record this run last saw.
@@ -91,9 +138,9 @@ class Records:
         another run wrote meanwhile (do not POST: follow it).
         """
         for _ in range(_CAS_ATTEMPTS):
-            if self._write(intent):
+            ok, current = self._swap(intent)
+            if ok:
                 return None
-            current = self.get(intent.identity)
             if current is not None:
                 return current
             # Withdrawn between our write and this read: nobody holds it, try again.
@@ -103,13 +150,14 @@ class Records:
         """Advance the record; returns what DEST holds now (ours, or one further along
         for the same prediction written by another run)."""
         for _ in range(_CAS_ATTEMPTS):
-            if self._write(record):
-                return record
-            current = self.get(record.identity)
+            ok, current = self._swap(record)
+            if ok:
+                assert current is not None
+                return current
             if (
                 current is not None
                 and current.prediction_id == record.prediction_id
-                and _RANK[current.phase] > _RANK[record.phase]
+                and RANK[current.phase] > RANK[record.phase]
             ):
                 return current
         raise RuntimeError(f"state record of {record.identity[:12]} keeps changing")
@@ -119,10 +167,12 @@ class Records:
         it), unless another run has written since."""
         identity = intent.identity
         if before is not None:
-            self._write(before)
+            self._swap(before)
             return
         current, version = self.store.get_versioned(identity)
-        if current is not None and version == self._version(identity):
+        if current is not None and (
+            self.mine(current) or (version is not None and version == self._version(identity))
+        ):
             self.store.delete(identity)
             self._seen(identity, None, None)
 

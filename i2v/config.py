@@ -183,6 +183,14 @@ class BatchOptions(BaseModel):
         title="AWS credentials block",
         description="prefect-aws AwsCredentials block; else the standard AWS chain.",
     )
+    dest_wait_s: float = Field(
+        600.0,
+        ge=0,
+        title="Wait for DEST (s)",
+        description="How long a run waits for a DEST that stops answering before it stops: "
+        "nothing new is paid meanwhile, and prediction ids in hand are kept and written "
+        "when DEST answers.",
+    )
     link_hours: float = Field(
         24.0,
         gt=0,

@@ -32,6 +32,25 @@ class StorageError(I2VError):
     """A storage location cannot be read or written."""
 
 
+class StorageUnavailable(StorageError):
+    """The storage did not answer (connection refused or cut, 5xx, throttling) after its
+    retries: it may answer again in a moment, unlike a missing bucket or a full disk."""
+
+
+class DestUnreachable(StorageError):
+    """DEST did not answer for longer than the run waits for it (`dest_wait_s`): the
+    run stops, keeping the records it could not write on local disk (`i2v.journal`)."""
+
+
+class UnreadableRecord(StorageError):
+    """An input's durable record does not parse (cut short, edited by hand): that input
+    needs a person; it is never paid again on a guess."""
+
+    def __init__(self, message: str, *, uri: str) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
 class AtlasError(I2VError):
     """Root of everything the Atlas Cloud client raises."""
 

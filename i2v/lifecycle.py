@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from i2v.concurrency import parallel_map
-from i2v.errors import I2VError, InputError
+from i2v.errors import DestUnreachable, I2VError, InputError, UnreadableRecord
 from i2v.run import (
     Job,
     JobOutcome,
@@ -30,8 +30,8 @@ from i2v.run import (
     RunAborted,
     RunContext,
 )
-from i2v.state import Action, InputRecord, Phase, age_s, next_action
-from i2v.steps import ambiguous_message, place_copies, remember_output, video_present
+from i2v.state import UNREADABLE_RECORD, Action, InputRecord, Phase, age_s, next_action
+from i2v.steps import place_copies, remember_output, video_present
 
 # How long a finished row lets queued submissions go first before it lands.
 LAND_YIELD_S = 0.5
@@ -84,8 +84,11 @@ async def triage(ctx: RunContext, jobs: Sequence[Job], workers: int = 32) -> Non
     for start in range(0, len(jobs), TRIAGE_CHUNK):
         chunk = jobs[start : start + TRIAGE_CHUNK]
         identities = [job.identity for job in chunk]
-        found = await asyncio.to_thread(parallel_map, ctx.records.get, identities, workers)
+        found = await asyncio.to_thread(parallel_map, _read_record(ctx), identities, workers)
         for job, record in zip(chunk, found, strict=True):
+            if isinstance(record, UnreadableRecord):
+                job.outcome = unreadable(record)
+                continue
             job.record, job.action = record, action_for(ctx, record)
             if job.action is Action.DONE and present is None:
                 present = frozenset(await asyncio.to_thread(ctx.dest.list, "videos/"))
@@ -93,6 +96,21 @@ async def triage(ctx: RunContext, jobs: Sequence[Job], workers: int = 32) -> Non
                 job.action is Action.DONE and _all_videos_in(job, record, present or ())
             ):
                 job.outcome, job.record = outcome_of(record).settled(), None
+
+
+def _read_record(ctx: RunContext) -> Callable[[str], InputRecord | UnreadableRecord | None]:
+    def read(identity: str) -> InputRecord | UnreadableRecord | None:
+        try:
+            return ctx.records.get(identity)
+        except UnreadableRecord as exc:  # that input's problem, never the run's
+            return exc
+
+    return read
+
+
+def unreadable(exc: UnreadableRecord) -> JobOutcome:
+    """A row whose record does not parse: a person decides (it may have been paid)."""
+    return JobOutcome(RowStatus.FAILED, error=str(exc), error_code=UNREADABLE_RECORD)
 
 
 async def run_jobs(
@@ -147,6 +165,8 @@ async def run_jobs(
         ctx.log.info("%d inputs settled without work (landed, final or stopped)", quiet)
     while live:
         await asyncio.wait(set(live))
+    # Records DEST did not take while it was away: written now, or kept for the next run.
+    await ctx.kept.drain()
 
 
 def _log_outcome(ctx: RunContext, job: Job, outcome: JobOutcome) -> None:
@@ -292,7 +312,10 @@ async def follow(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord 
         if ctx.winding_down.is_set():
             raise NotSubmitted(ctx.stop_message or "stopped while another run was submitting")
         await asyncio.sleep(FOLLOW_EVERY_S)
-        current = await asyncio.to_thread(ctx.records.get, job.identity)
+        try:
+            current = await ctx.watch.call(ctx.records.get, job.identity)
+        except DestUnreachable as exc:  # the other run's business: nothing paid here
+            raise NotSubmitted(f"not submitted: another run holds this input, and {exc}") from None
         if current is None or current.phase is not Phase.SUBMITTING:
             return current
         record = current
@@ -357,9 +380,19 @@ def outcome_of(
     status = _STATUS_OF_PHASE[record.phase]
     note = record.error
     if status is RowStatus.AMBIGUOUS and (record.phase is Phase.SUBMITTING or not note):
-        note = ambiguous_message("the run stopped between sending and recording the answer")
+        note = stale_claim_message(record)
     return JobOutcome(
         status, error=note, error_code=record.error_code, record=record, paid_usd=paid_usd
+    )
+
+
+def stale_claim_message(record: InputRecord) -> str:
+    """A `submitting` record whose run is gone: whether its POST left is unknown."""
+    return (
+        f"run {record.owner_run or '?'} claimed this input at {record.submit_started_at} and "
+        "recorded no answer (it ended between claiming and recording one): if its POST "
+        "was sent, a paid job exists. Not resubmitted: check the Atlas console, then rerun "
+        "with --resubmit-ambiguous to pay again"
     )
 
 

@@ -23,9 +23,11 @@ from i2v.client import AtlasClient
 from i2v.concurrency import AdaptiveLimiter, Budget, LiveWindow
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
+from i2v.journal import Journal
 from i2v.manifest import ManifestRow
 from i2v.media import ImageInfo
 from i2v.models import get_model
+from i2v.outage import DestWatch, Kept
 from i2v.polling import DurationEstimator, PollSchedule
 from i2v.sheet import SheetFrames
 from i2v.state import Action, InputRecord, StateStore
@@ -50,6 +52,7 @@ class StopReason(StrEnum):
     AUTH = "auth"  # 401/403/451 or a block page: nothing will work
     MODEL = "model"  # the model is unknown
     SIGNAL = "signal"  # SIGINT / SIGTERM / a cancelled flow run: wind down, keep every id
+    DEST = "dest"  # DEST did not answer for `dest_wait_s`: stop submitting, keep every id
 
 
 class RunAborted(I2VError):
@@ -213,9 +216,12 @@ class RunContext:
         self.dest = dest
         self.records = records or Records(StateStore(dest))
         self.run_id = run_id
+        self.log: logging.Logger | logging.LoggerAdapter[Any] = logger or log
+        # DEST's health, and the paid records it did not take (`i2v.outage`).
+        self.watch = DestWatch(dest.uri, options.dest_wait_s, self.log)
+        self.kept = Kept(self.records, self.watch, Journal(dest.uri, run_id), self.log)
         self._client = client
         self.s3_client = s3_client
-        self.log: logging.Logger | logging.LoggerAdapter[Any] = logger or log
         self.estimator = DurationEstimator(initial_s=options.expected_duration_s)
         self.schedule = PollSchedule(
             estimator=self.estimator, min_interval_s=options.poll_interval_s

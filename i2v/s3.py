@@ -10,21 +10,30 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 
 from i2v._constants import MiB
-from i2v.errors import ConfigError, StorageError
+from i2v.errors import ConfigError, StorageError, StorageUnavailable
 from i2v.storage import Storage, check_key, check_prefix, give_back_free_memory
 
 S3_ERRORS = (ClientError, BotoCoreError, S3UploadFailedError)
@@ -35,6 +44,20 @@ S3_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 S3_PRECONDITION_CODES = frozenset(
     {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 )
+# Answers that say "not now" rather than "no": S3 (or a hop before it) is overloaded,
+# restarting or cut off, and the same request may succeed in a moment.
+S3_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "503"}
+)
+S3_TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+# botocore retries each request (standard mode, jittered) BOTO_ATTEMPTS times; these
+# waits come on top, for the faults that outlast its attempts or its retry quota (which
+# a burst of failures drains): 12 tries in all, about 8 s before a call gives up. Each
+# wait is jittered by +-50 %. A DEST down for longer is the pipeline's call
+# (`i2v.outage`): it waits minutes for a paid video, and decides when to stop.
+BOTO_ATTEMPTS = 3
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+T = TypeVar("T")
 
 # Big transfers run in the caller's thread (the landing's worker), without s3transfer's
 # own, and give malloc's free memory back when done (`give_back_free_memory`). Profiled
@@ -85,7 +108,9 @@ def make_s3_client(session: boto3.Session | None = None) -> Any:
     """
     session = session or boto3.session.Session()  # a fresh session: thread-safe to create
     config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
+        retries={"mode": "standard", "max_attempts": BOTO_ATTEMPTS},
+        # A black-holed endpoint otherwise holds each attempt for botocore's 60 s.
+        connect_timeout=10,
         max_pool_connections=64,
         # SigV4 everywhere: R2 and recent regions refuse the legacy presign signature.
         signature_version="s3v4",
@@ -128,6 +153,33 @@ def s3_error_code(exc: BaseException) -> str:
     return ""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether an S3 failure may pass on its own: a connection refused, cut or timed
+    out, a 5xx, or S3 asking to slow down (looking through boto3's upload wrapper)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BotoConnectionError | HTTPClientError):
+            return True
+        if isinstance(seen, ClientError):
+            meta = seen.response.get("ResponseMetadata", {})
+            code = str(seen.response.get("Error", {}).get("Code", ""))
+            return code in S3_TRANSIENT_CODES or meta.get("HTTPStatusCode") in S3_TRANSIENT_STATUS
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def with_retries(call: Callable[[], T], delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> T:
+    """`call()`, again after each jittered delay while it fails transiently."""
+    for delay in delays_s:
+        try:
+            return call()
+        except S3_ERRORS as exc:
+            if not is_transient(exc):
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))
+    return call()
+
+
 def s3_error_detail(exc: BaseException, bucket: str) -> str:
     """A one-line reason for an S3 failure in `bucket`, for people rather than logs."""
     code = s3_error_code(exc)
@@ -150,7 +202,8 @@ def s3_error_detail(exc: BaseException, bucket: str) -> str:
 def s3_storage_error(exc: BaseException, uri: str, action: str) -> StorageError:
     """ "cannot <action> <uri>: <reason>" for an S3 failure on the s3:// `uri`."""
     bucket = split_s3_uri(uri)[0]
-    return StorageError(f"cannot {action} {uri}: {s3_error_detail(exc, bucket)}")
+    kind = StorageUnavailable if is_transient(exc) else StorageError
+    return kind(f"cannot {action} {uri}: {s3_error_detail(exc, bucket)}")
 
 
 class S3Storage(Storage):
@@ -182,7 +235,7 @@ class S3Storage(Storage):
         if self._bucket_ok:
             return
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            with_retries(lambda: self.client.head_bucket(Bucket=self.bucket))
         except S3_ERRORS as exc:
             if s3_error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
                 raise StorageError(
@@ -196,8 +249,12 @@ class S3Storage(Storage):
 
     def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return bytes(resp["Body"].read()), str(resp["ETag"])
+
+            def get() -> tuple[bytes, str]:
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                return bytes(resp["Body"].read()), str(resp["ETag"])
+
+            return with_retries(get)
         except S3_ERRORS as exc:
             if s3_error_code(exc) in S3_MISSING_CODES:
                 return None, None
@@ -226,8 +283,12 @@ class S3Storage(Storage):
         """
         extra = {"ContentType": content_type} if content_type else {}
         try:
-            resp = self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, **extra, **condition
+            # A conditional PUT retried after its answer was lost finds its own write
+            # and answers 412: `i2v.claims` reads the record back to tell.
+            resp = with_retries(
+                lambda: self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, **extra, **condition
+                )
             )
         except S3_ERRORS as exc:
             code = s3_error_code(exc)
@@ -241,8 +302,14 @@ class S3Storage(Storage):
         extra = {"ContentType": content_type} if content_type else None
         try:
             with self._transfer_place(path.stat().st_size):
-                self.client.upload_file(
-                    str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=UPLOAD_CONFIG
+                with_retries(
+                    lambda: self.client.upload_file(
+                        str(path),
+                        self.bucket,
+                        self._key(key),
+                        ExtraArgs=extra,
+                        Config=UPLOAD_CONFIG,
+                    )
                 )
         except S3_ERRORS as exc:
             raise s3_storage_error(exc, self.key_uri(key), "upload to") from exc
@@ -271,15 +338,21 @@ class S3Storage(Storage):
             raise StorageError(f"{self.key_uri(key)} does not exist")
         try:
             with self._transfer_place(int(head.get("ContentLength", 0))):
-                self.client.download_file(
-                    self.bucket, self._key(key), str(path), Config=DOWNLOAD_CONFIG
+                with_retries(
+                    lambda: self.client.download_file(
+                        self.bucket, self._key(key), str(path), Config=DOWNLOAD_CONFIG
+                    )
                 )
         except S3_ERRORS as exc:
             raise s3_storage_error(exc, self.key_uri(key), "download") from exc
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            return dict(self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+            return dict(
+                with_retries(
+                    lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+                )
+            )
         except S3_ERRORS as exc:
             if s3_error_code(exc) in S3_MISSING_CODES:
                 self._check_bucket()
@@ -296,7 +369,11 @@ class S3Storage(Storage):
     def copy(self, src_key: str, dst_key: str) -> None:
         source = {"Bucket": self.bucket, "Key": self._key(src_key)}
         try:
-            self.client.copy(source, self.bucket, self._key(dst_key), Config=COPY_CONFIG)
+            with_retries(
+                lambda: self.client.copy(
+                    source, self.bucket, self._key(dst_key), Config=COPY_CONFIG
+                )
+            )
         except S3_ERRORS as exc:
             if s3_error_code(exc) in S3_MISSING_CODES:
                 self._check_bucket()
@@ -313,8 +390,9 @@ class S3Storage(Storage):
         listing alone (`i2v.status` reads only the records that changed)."""
         check_prefix(prefix)
         root = f"{self.prefix}/" if self.prefix else ""
-        found: dict[str, str] = {}
-        try:
+
+        def listing() -> dict[str, str]:
+            found: dict[str, str] = {}
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket,
                 Prefix=root + prefix,
@@ -324,13 +402,16 @@ class S3Storage(Storage):
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):
                         found[obj["Key"][len(root) :]] = str(obj.get("ETag", ""))
+            return found
+
+        try:
+            return with_retries(listing)
         except S3_ERRORS as exc:
             raise s3_storage_error(exc, f"{self.uri}/{prefix}".rstrip("/"), "list") from exc
-        return found
 
     def delete(self, key: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            with_retries(lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
         except S3_ERRORS as exc:
             if s3_error_code(exc) in S3_MISSING_CODES:
                 return

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from i2v.errors import StorageError
+from i2v.errors import UnreadableRecord
 from i2v.storage import Storage
 
 STATE_PREFIX = "_state/"
@@ -30,6 +30,7 @@ IDENTITY_VERSION = "v1"
 # error_code of a FAILED record that is still worth polling, and of one that is not.
 NO_OUTPUT = "no_output"  # the provider said done but gave no video: paid, poll again
 PURGED = "purged"  # the provider forgot a paid prediction: never resubmitted on our own
+UNREADABLE_RECORD = "unreadable_record"  # the record does not parse: a person decides
 
 
 def utcnow() -> str:
@@ -131,6 +132,9 @@ class InputRecord(BaseModel):
     owner_run: str | None = None
     owner_host: str | None = None
     owner_pid: int | None = None
+    # Unique to each write (`i2v.claims`): a conditional write whose answer was lost
+    # and that was refused when resent is ours if DEST holds this token.
+    write_token: str | None = None
     updated_at: str = Field(default_factory=utcnow)
     history: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -244,9 +248,12 @@ class StateStore:
             return InputRecord.model_validate_json(data)
         except ValidationError as exc:
             # A corrupt record must stop us from guessing: guessing could pay twice.
-            raise StorageError(
-                f"state record {self.storage.key_uri(self.key(identity))} is unreadable "
-                f"({exc.error_count()} problems); inspect or remove it"
+            uri = self.storage.key_uri(self.key(identity))
+            raise UnreadableRecord(
+                f"its state record {uri} does not parse ({exc.error_count()} problems: cut "
+                "short or edited?); a paid job may exist, so it is not submitted again. "
+                "Repair the file from a copy, or delete it to pay again for this input",
+                uri=uri,
             ) from None
 
 

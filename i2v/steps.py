@@ -23,6 +23,7 @@ from i2v.errors import (
     AuthError,
     BadRequestError,
     BlockedError,
+    DestUnreachable,
     InputError,
     InsufficientBalanceError,
     ModelNotFoundError,
@@ -33,6 +34,7 @@ from i2v.errors import (
     RateLimitedError,
     RegionBlockedError,
     StorageError,
+    StorageUnavailable,
 )
 from i2v.locations import presign_location, read_location
 from i2v.media import MAX_IMAGE_BYTES, check_mp4_file
@@ -135,7 +137,16 @@ async def generate(
     )
     try:
         # Write-ahead and atomic: no POST unless this run alone holds the input's claim.
-        other = await asyncio.to_thread(ctx.records.claim, intent)
+        # While DEST does not answer the claim waits with it: nothing is paid unrecorded.
+        other = await ctx.watch.call(ctx.records.claim, intent)
+    except StorageError as exc:
+        ctx.budget.release(cost)
+        if isinstance(exc, DestUnreachable):
+            # The claim may have reached DEST unanswered: the next run withdraws it.
+            await ctx.kept.keep_claim(intent, record)
+            ctx.stop(StopReason.DEST, f"not submitted: {exc}; rerun when DEST answers")
+            raise NotSubmitted(ctx.stop_message or str(exc)) from None
+        raise NotSubmitted(f"not submitted: DEST did not take the claim ({exc})") from None
     except BaseException:
         ctx.budget.release(cost)
         raise
@@ -208,19 +219,30 @@ async def _withdraw(
 ) -> None:
     """The POST provably created no job: give back the budget and the claim."""
     ctx.budget.release(cost)
-    await asyncio.to_thread(ctx.records.withdraw, intent, before)
+    try:
+        await asyncio.to_thread(ctx.records.withdraw, intent, before)
+    except StorageError:  # a claim left in DEST would read as ambiguous: the next run withdraws it
+        await ctx.kept.keep_claim(intent, before)
 
 
-async def put(ctx: RunContext, record: InputRecord, attempts: int = 5) -> InputRecord:
-    """Persist `record` (compare-and-swap); returns what DEST now holds for the input."""
-    for attempt in range(attempts):
+async def put(ctx: RunContext, record: InputRecord) -> InputRecord:
+    """Persist `record` (compare-and-swap); returns what DEST now holds for the input.
+
+    Every record written after a claim is paid for. One DEST does not take is kept
+    (`i2v.outage.Kept`: in memory, the local journal, written when DEST answers) and
+    the row goes on: its prediction id is never dropped for want of a write.
+    """
+    async with ctx.kept.guard(record.identity):
         try:
-            return await asyncio.to_thread(ctx.records.put, record)
-        except StorageError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+            held = await asyncio.to_thread(ctx.records.put, record)
+        except StorageError as exc:
+            if isinstance(exc, StorageUnavailable):
+                ctx.watch.failed(exc)
+            await ctx.kept.keep(record, exc)
+            return record
+        ctx.watch.ok()
+        ctx.kept.written(record.identity)
+        return held
 
 
 # -------------------------------------------------------------------------------- poll
@@ -359,7 +381,7 @@ async def land(ctx: RunContext, job: Job, record: InputRecord) -> InputRecord:
             if ctx.frames is not None and ctx.frames.wanted(job.primary.row.line):
                 keys = [plan.video_key for plan in job.rows]
                 await asyncio.to_thread(ctx.frames.take, keys, tmp, job.primary.row.line)
-            await asyncio.to_thread(ctx.dest.put_file, key, tmp, content_type="video/mp4")
+            await ctx.watch.call(ctx.dest.put_file, key, tmp, content_type="video/mp4")
         finally:
             await asyncio.to_thread(_unstage, tmp, size)
     landed = record.moved(
@@ -408,8 +430,7 @@ async def quality_check(ctx: RunContext, job: Job, path: Path) -> QcFacts | None
 
 async def remember_output(ctx: RunContext, record: InputRecord) -> None:
     """Landing failed: keep the output URL so the next run lands without polling."""
-    with contextlib.suppress(StorageError):
-        await put(ctx, record, attempts=1)
+    await put(ctx, record)
 
 
 async def place_copies(ctx: RunContext, job: Job, record: InputRecord) -> None:
@@ -418,12 +439,10 @@ async def place_copies(ctx: RunContext, job: Job, record: InputRecord) -> None:
     for plan in job.rows:
         if plan.video_key == record.video_key:
             continue
-        exists = await asyncio.to_thread(ctx.dest.exists, plan.video_key)
+        exists = await ctx.watch.call(ctx.dest.exists, plan.video_key)
         if not exists:
-            await asyncio.to_thread(ctx.dest.copy, record.video_key, plan.video_key)
+            await ctx.watch.call(ctx.dest.copy, record.video_key, plan.video_key)
 
 
 async def video_present(ctx: RunContext, record: InputRecord) -> bool:
-    return bool(record.video_key) and await asyncio.to_thread(
-        ctx.dest.exists, str(record.video_key)
-    )
+    return bool(record.video_key) and await ctx.watch.call(ctx.dest.exists, str(record.video_key))

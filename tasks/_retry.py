@@ -13,8 +13,11 @@ async def with_retries(
     call: Callable[[], Awaitable[T]],
     kinds: tuple[type[BaseException], ...],
     delays_s: Sequence[float],
+    *,
+    final: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """`call()`, again after each delay while it raises one of `kinds`.
+    """`call()`, again after each delay while it raises one of `kinds` (but not of
+    `final`: errors that already waited as long as they should).
 
     Retries are per row inside a batch task: one row's flaky download must not make the
     other rows of its batch run again.
@@ -22,6 +25,8 @@ async def with_retries(
     for delay in delays_s:
         try:
             return await call()
+        except final:
+            raise
         except kinds:
             await asyncio.sleep(delay)
     return await call()

@@ -37,7 +37,7 @@ from i2v.sheet import (
 from i2v.storage import LocalStorage, Storage
 
 if TYPE_CHECKING:
-    from i2v.run import Job, JobOutcome
+    from i2v.run import Job, JobOutcome, RunContext
 
 log = logging.getLogger("i2v.artifacts")
 
@@ -295,3 +295,46 @@ def summary_tail(
     if sheet_md:
         lines += ["", sheet_md]
     return lines
+
+
+KEPT_KEY = "i2v-kept"
+
+
+def kept_message(ctx: RunContext) -> str:
+    """The one line a run that stops with records DEST did not take ends with."""
+    kept = ctx.kept
+    why = str(kept.refused) if kept.refused is not None else ctx.watch.message()
+    return (
+        f"{why}; {len(kept.pending)} paid rows kept in {kept.journal.path}: rerun the same "
+        "command on this machine once DEST answers (they are recorded first, then polled "
+        "and landed, never paid again), or from another machine attach that file with "
+        "`i2v status DEST --attach FILE`"
+    )
+
+
+async def publish_kept(ctx: RunContext) -> None:
+    """The records DEST did not take, with their prediction ids, as an artifact (and
+    logged): with the journal file, what the next run needs to pay nothing again."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    rows = sorted(ctx.kept.pending.values(), key=lambda r: r.identity)
+    for record in rows:
+        ctx.log.warning(
+            "kept, not in DEST: input %s prediction %s (%s)",
+            record.identity,
+            record.prediction_id or "-",
+            record.phase,
+        )
+    lines = [
+        "# Paid, not yet recorded in DEST",
+        "",
+        kept_message(ctx).replace("`i2v status DEST", f"`i2v status {ctx.dest.uri}"),
+        "",
+        "| input identity | prediction id | phase |",
+        "|---|---|---|",
+        *[f"| {r.identity} | {r.prediction_id or '-'} | {r.phase} |" for r in rows],
+    ]
+    with contextlib.suppress(Exception):  # the log lines above hold the same ids
+        await acreate_markdown_artifact(
+            key=KEPT_KEY, markdown="\n".join(lines), description="i2v: paid rows kept"
+        )

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from i2v import steps
 from i2v.batching import Batch
-from i2v.errors import OutputError, StorageError, TransportError
+from i2v.errors import DestUnreachable, OutputError, StorageError, TransportError
 from i2v.run import Job, RunContext
 from i2v.state import InputRecord
 from tasks._batch import carry_rows
@@ -34,6 +34,7 @@ async def land(
             lambda: steps.land(ctx, job, record),
             (OutputError, StorageError, TransportError, OSError),
             LAND_RETRY_DELAYS_S,
+            final=(DestUnreachable,),  # it waited for DEST as long as the run does
         )
 
     return await carry_rows(entries, one, verb="landing")

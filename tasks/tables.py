@@ -12,6 +12,7 @@ from prefect.logging import get_run_logger
 
 from i2v.claims import Records
 from i2v.errors import StorageError
+from i2v.outage import DestWatch
 from i2v.results import RunSummary, write_tables
 from i2v.status_index import refresh_index
 from i2v.storage import Storage
@@ -32,6 +33,7 @@ async def results_table(
     *,
     publish: bool = True,
     records: Records | None = None,
+    watch: DestWatch | None = None,
 ) -> str:
     """Write DEST/runs/<run-id>/results.* and summary.json and, unless a shard, the
     current DEST/results.*; returns the table's URI. Then the run's `records` go into
@@ -42,9 +44,9 @@ async def results_table(
     the shards' run tables into the one current table; their records they index
     themselves (the parent never holds them).
     """
-    uris = await asyncio.to_thread(
-        write_tables, storage, frame, summary.run_id, summary, publish=publish
-    )
+    # A DEST away for a while is waited for as long as the run waits for DEST.
+    watch = watch or DestWatch(storage.uri, 0.0)
+    uris = await watch.call(write_tables, storage, frame, summary.run_id, summary, publish=publish)
     if records is not None:
         try:
             await asyncio.to_thread(lambda: refresh_index(storage, records.latest()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Never let a test reach a real provider by accident.
 os.environ["ATLASCLOUD_BASE_URL"] = "http://127.0.0.1:9"
 os.environ["ATLASCLOUD_API_KEY"] = TEST_API_KEY
+# Records a run could not write to DEST go to this session's own folder, not ~/.local.
+os.environ["I2V_JOURNAL_DIR"] = tempfile.mkdtemp(prefix="i2v-test-journal-")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from i2v.errors import StorageError
+from i2v.errors import StorageError, UnreadableRecord
 from i2v.state import InputRecord, Phase, StateStore
 from i2v.storage import open_storage
 
@@ -77,5 +77,7 @@ def test_racing_claims_have_one_winner(store: StateStore) -> None:
 
 def test_a_corrupt_record_is_an_error_not_a_guess(store: StateStore) -> None:
     store.storage.write_bytes(store.key("abc123"), b"{not json")
-    with pytest.raises(StorageError, match="unreadable"):
+    with pytest.raises(UnreadableRecord, match="does not parse") as info:
         store.get_versioned("abc123")
+    assert info.value.uri == store.storage.key_uri(store.key("abc123"))
+    assert isinstance(info.value, StorageError)

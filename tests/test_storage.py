@@ -23,6 +23,7 @@ from i2v.localfs import LOCK_NAME, TMP_SUFFIX, folder_lock
 from i2v.locations import presign_location, read_location
 from i2v.s3 import (
     BIG_TRANSFERS_AT_ONCE,
+    BOTO_ATTEMPTS,
     S3Storage,
     default_s3_client,
     make_s3_client,
@@ -503,8 +504,11 @@ def test_s3_missing_bucket_is_a_storage_error_naming_the_uri(
 def test_make_s3_client_uses_the_endpoint_from_the_environment(s3_endpoint: str) -> None:
     client = make_s3_client()
     assert client.meta.endpoint_url == s3_endpoint  # boto3 reads AWS_ENDPOINT_URL itself
-    # botocore stores max_attempts=5 retries as 6 attempts in all.
-    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 6}
+    # botocore stores max_attempts=N retries as N + 1 attempts in all.
+    assert client.meta.config.retries == {
+        "mode": "standard",
+        "total_max_attempts": BOTO_ATTEMPTS + 1,
+    }
     assert client.meta.config.max_pool_connections == 64
     assert make_s3_client(boto3.Session()).meta.endpoint_url == s3_endpoint
 
