@@ -19,6 +19,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Never let a test reach a real provider by accident.
 os.environ["ATLASCLOUD_BASE_URL"] = "http://127.0.0.1:9"
 os.environ["ATLASCLOUD_API_KEY"] = TEST_API_KEY
+# Picture URLs reach internal hosts only where a test allows them itself.
+os.environ.pop("I2V_PRIVATE_HOSTS", None)
 
 
 @pytest.fixture
