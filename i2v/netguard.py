@@ -339,7 +339,8 @@ def check_host(
 ) -> list[IPAddress]:
     """Resolve `host` once and judge every address (see `judge`): the addresses the
     fetcher may connect to, and no others."""
-    if scheme == "http" and not allowance.may_cover(host, port):
+    # Plain http to a name no entry could cover is refused without asking DNS.
+    if scheme == "http" and literal_address(host) is None and not allowance.may_cover(host, port):
         raise InputError(plain_http_message(url, origin))
     addresses = resolve(host, port, url=url, origin=origin)
     judge(scheme, host, port, addresses, allowance, url=url, origin=origin)
