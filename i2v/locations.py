@@ -19,7 +19,8 @@ import httpx
 
 from i2v._constants import SCHEME, MiB, show
 from i2v.errors import ConfigError, FetchError, InputError, StorageError
-from i2v.netguard import Allowance, check_host, worker_allowance
+from i2v.netguard import Hop, check_host
+from i2v.private_hosts import Allowance, worker_allowance
 
 HTTP_TIMEOUT_S = 60.0
 MAX_REDIRECTS = 5
@@ -148,7 +149,7 @@ def _open(
         raise InputError(f"image URL {show(origin)} redirects to {show(shown)}: not http(s)")
     host = url.raw_host.decode("ascii")
     port = url.port or (443 if scheme == "https" else 80)
-    addresses = check_host(scheme, host, port, allowance, url=shown, origin=origin)
+    addresses = check_host(Hop(shown, scheme, host, port, origin), allowance)
     extensions = {"sni_hostname": host} if scheme == "https" else {}
     failure: httpx.TransportError | None = None
     for address in addresses:

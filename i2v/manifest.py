@@ -33,7 +33,7 @@ from i2v.config import BatchOptions
 from i2v.errors import ConfigError, ManifestError
 from i2v.fields import check_id, check_prompt, choices, parse_duration
 from i2v.models import ModelSpec, get_model
-from i2v.netguard import Allowance, worker_allowance
+from i2v.private_hosts import Allowance, worker_allowance
 from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused
 
 KNOWN_COLUMNS = ("image", "prompt", "duration", "id")

@@ -7,24 +7,26 @@ an IPv4 address written inside IPv6 (IPv4-mapped, IPv4-compatible, NAT64, 6to4) 
 judged by its IPv4 too. One refused address refuses the URL. The fetcher then connects
 only to the addresses judged here, so DNS cannot change the answer in between.
 
-Internal hosts are reachable only through the worker's own allowance, the environment
-variable `I2V_PRIVATE_HOSTS` (`worker_allowance`): never a flow parameter or a manifest
-value. The provider cannot reach those hosts either, so their pictures go to it as bytes
-(`provider_fetches`), and plain http:// is allowed only for them.
+Internal hosts are reachable only through the worker's own allowance
+(`i2v.private_hosts`, the environment variable `I2V_PRIVATE_HOSTS`): never a flow
+parameter or a manifest value. The provider cannot reach those hosts either, so their
+pictures go to it as bytes (`provider_fetches`), and plain http:// is allowed only for
+them.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import re
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from i2v._constants import show
-from i2v.errors import ConfigError, FetchError, InputError
+from i2v.errors import FetchError, InputError
+
+if TYPE_CHECKING:
+    from i2v.private_hosts import Allowance  # type only: it imports this module
 
 PRIVATE_HOSTS_ENV = "I2V_PRIVATE_HOSTS"
 
@@ -120,11 +122,6 @@ def refusal_reason(address: IPAddress) -> str | None:
     return None if address.is_global else RESERVED
 
 
-# ------------------------------------------------------------------------- allowance
-
-_NAME = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
-
-
 def normal_host(host: str) -> str:
     """A host name as compared: lower case, no trailing dot, IDNA (ASCII)."""
     name = host.strip().lower().rstrip(".")
@@ -144,122 +141,43 @@ def literal_address(host: str) -> IPAddress | None:
         return None
 
 
-@dataclass(frozen=True)
-class _Entry:
-    name: str | None  # "pictures.internal", or "*.internal" for every name under it
-    network: IPNetwork | None
-    port: int | None  # None: any port
-
-    def names(self, host: str, port: int) -> bool:
-        if self.port is not None and port != self.port:
-            return False
-        if self.name is None:
-            literal = literal_address(host)
-            return literal is not None and self.holds(literal)
-        if self.name.startswith("*."):
-            return host.endswith(self.name[1:])
-        return host == self.name
-
-    def holds(self, address: IPAddress) -> bool:
-        if self.network is None:
-            return False
-        inner = embedded_ipv4(address) if isinstance(address, IPv6Address) else None
-        return address in self.network or (inner is not None and inner in self.network)
-
-
-def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise _bad_entry(entry)
-    return int(text)
-
-
-def _bad_entry(entry: str) -> ConfigError:
-    return ConfigError(
-        f"{PRIVATE_HOSTS_ENV} entry {entry!r} is not a host name, an IP address or a "
-        "network, each with an optional :port; write e.g. "
-        f"{PRIVATE_HOSTS_ENV}=pictures.internal,*.corp.example,10.20.0.0/16,127.0.0.1:8443,[::1]:8443"
-    )
-
-
-def _parse_entry(entry: str) -> _Entry:
-    host, port = entry, None
-    if entry.startswith("["):
-        host, closed, rest = entry[1:].partition("]")
-        if not closed or (rest and not rest.startswith(":")):
-            raise _bad_entry(entry)
-        port = _port(rest[1:], entry) if rest else None
-    elif entry.count(":") == 1:
-        host, _, port_text = entry.partition(":")
-        port = _port(port_text, entry)
-    try:
-        return _Entry(None, ip_network(host, strict=False), port)
-    except ValueError:
-        pass
-    name = normal_host(host)
-    if not _NAME.fullmatch(name):
-        raise _bad_entry(entry)
-    return _Entry(name, None, port)
-
-
-@dataclass(frozen=True)
-class Allowance:
-    """The internal hosts and networks this worker may fetch pictures from."""
-
-    entries: tuple[_Entry, ...] = ()
-    text: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Allowance:
-        """`I2V_PRIVATE_HOSTS` syntax: host names (`*.corp` for names under corp), IP
-        addresses or networks (CIDR), each with an optional `:port` (`[v6]:port`),
-        separated by commas. Raises ConfigError naming a bad entry."""
-        parts = [p for p in re.split(r"[,\s]+", text) if p]
-        return cls(tuple(_parse_entry(p) for p in parts), ",".join(parts))
-
-    def __bool__(self) -> bool:
-        return bool(self.entries)
-
-    def names(self, host: str, port: int) -> bool:
-        """Whether an entry names this host itself (by name, or a literal address)."""
-        host = normal_host(host)
-        return any(e.names(host, port) for e in self.entries)
-
-    def may_cover(self, host: str, port: int) -> bool:
-        """Whether some address of `host` could be allowed (without resolving it)."""
-        return self.names(host, port) or any(e.network for e in self.entries)
-
-    def covers(self, host: str, port: int, address: IPAddress) -> bool:
-        """Whether the worker may connect to `address` for `host:port`."""
-        host = normal_host(host)
-        return any(
-            e.names(host, port) or ((e.port is None or e.port == port) and e.holds(address))
-            for e in self.entries
-        )
-
-
-def worker_allowance() -> Allowance:
-    """This worker's allowance, from its environment (`I2V_PRIVATE_HOSTS`)."""
-    return _parsed(os.environ.get(PRIVATE_HOSTS_ENV, ""))
-
-
-@functools.lru_cache(maxsize=8)
-def _parsed(text: str) -> Allowance:
-    return Allowance.parse(text)
-
-
 # ----------------------------------------------------------------------------- checks
 
-
-def _subject(url: str, origin: str | None) -> str:
-    if origin is None or origin == url:
-        return f"image URL {show(url)}"
-    return f"image URL {show(origin)} (redirected to {show(url)})"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _spelled(host: str, port: int, scheme: str) -> str:
-    """`host[:port]` as an allowance entry would name it (the port only when explicit)."""
-    text = f"[{host}]" if ":" in host else host
-    return text if port == {"http": 80, "https": 443}.get(scheme) else f"{text}:{port}"
+@dataclass(frozen=True)
+class Hop:
+    """One URL about to be requested (`origin`: the manifest's URL that led to it)."""
+
+    url: str
+    scheme: str
+    host: str  # as the connection's Host header and TLS name: IDNA, no brackets
+    port: int
+    origin: str | None = None
+
+    @classmethod
+    def of(cls, url: str) -> Hop | None:
+        """The hop for a manifest's http(s) URL, or None when it names no host."""
+        try:
+            parts = urlsplit(url)
+            scheme, host = parts.scheme.lower(), parts.hostname
+            port = parts.port or _DEFAULT_PORTS.get(scheme)
+        except ValueError:
+            return None
+        return cls(url, scheme, host, port) if host and port else None
+
+    @property
+    def subject(self) -> str:
+        if self.origin is None or self.origin == self.url:
+            return f"image URL {show(self.url)}"
+        return f"image URL {show(self.origin)} (redirected to {show(self.url)})"
+
+    @property
+    def spelled(self) -> str:
+        """`host[:port]` as an allowance entry names it (the port only when explicit)."""
+        text = f"[{self.host}]" if ":" in self.host else self.host
+        return text if self.port == _DEFAULT_PORTS.get(self.scheme) else f"{text}:{self.port}"
 
 
 def _written(address: IPAddress) -> str:
@@ -268,24 +186,20 @@ def _written(address: IPAddress) -> str:
     return f"::ffff:{mapped}" if mapped is not None else str(address)
 
 
-def plain_http_message(url: str, origin: str | None = None) -> str:
-    return f"{_subject(url, origin)} uses plain http; use https"
-
-
-def resolve(host: str, port: int, *, url: str, origin: str | None = None) -> list[IPAddress]:
-    """Every address `host` has (a literal is its own), in the resolver's order.
+def resolve(hop: Hop) -> list[IPAddress]:
+    """Every address the hop's host has (a literal is its own), in the resolver's order.
 
     Raises InputError when the name does not exist, FetchError when the resolver
     could not answer now.
     """
-    literal = literal_address(host)
+    literal = literal_address(hop.host)
     if literal is not None:
         return [literal]
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(hop.host, hop.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
-        message = f"{_subject(url, origin)}: host {host!r} does not resolve ({why})"
+        message = f"{hop.subject}: host {hop.host!r} does not resolve ({why})"
         if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN:
             raise FetchError(message) from None
         raise InputError(message) from None
@@ -296,86 +210,65 @@ def resolve(host: str, port: int, *, url: str, origin: str | None = None) -> lis
             if address not in found:
                 found.append(address)
     if not found:
-        raise InputError(f"{_subject(url, origin)}: host {host!r} has no IP address")
+        raise InputError(f"{hop.subject}: host {hop.host!r} has no IP address")
     return found
 
 
-def judge(
-    scheme: str,
-    host: str,
-    port: int,
-    addresses: list[IPAddress],
-    allowance: Allowance,
-    *,
-    url: str,
-    origin: str | None = None,
-) -> None:
+def judge(hop: Hop, addresses: list[IPAddress], allowance: Allowance) -> None:
     """Raise InputError naming the first refused address (with how to allow an internal
     host), or refusing plain http to a host the allowance does not cover."""
     for address in addresses:
         reason = refusal_reason(address)
-        if reason is not None and not allowance.covers(host, port, address):
+        if reason is not None and not allowance.covers(hop.host, hop.port, address):
             hint = ""
             if any(reason.startswith(kind) for kind in INTERNAL):
                 hint = (
-                    " (allow internal hosts on the worker with "
-                    f"{PRIVATE_HOSTS_ENV}={_spelled(host, port, scheme)})"
+                    f" (allow internal hosts on the worker with {PRIVATE_HOSTS_ENV}={hop.spelled})"
                 )
             raise InputError(
-                f"{_subject(url, origin)} resolves to {_written(address)}, {reason}: refused{hint}"
+                f"{hop.subject} resolves to {_written(address)}, {reason}: refused{hint}"
             )
-    if scheme == "http" and not all(allowance.covers(host, port, a) for a in addresses):
-        raise InputError(plain_http_message(url, origin))
+    if hop.scheme == "http" and not all(allowance.covers(hop.host, hop.port, a) for a in addresses):
+        raise _plain_http(hop)
 
 
-def check_host(
-    scheme: str,
-    host: str,
-    port: int,
-    allowance: Allowance,
-    *,
-    url: str,
-    origin: str | None = None,
-) -> list[IPAddress]:
-    """Resolve `host` once and judge every address (see `judge`): the addresses the
-    fetcher may connect to, and no others."""
-    # Plain http to a name no entry could cover is refused without asking DNS.
-    if scheme == "http" and literal_address(host) is None and not allowance.may_cover(host, port):
-        raise InputError(plain_http_message(url, origin))
-    addresses = resolve(host, port, url=url, origin=origin)
-    judge(scheme, host, port, addresses, allowance, url=url, origin=origin)
+def _plain_http(hop: Hop) -> InputError:
+    return InputError(f"{hop.subject} uses plain http; use https")
+
+
+def _no_http_name(hop: Hop, allowance: Allowance) -> bool:
+    """Plain http to a name no entry could cover: refused without asking DNS."""
+    return (
+        hop.scheme == "http"
+        and literal_address(hop.host) is None
+        and not allowance.may_cover(hop.host, hop.port)
+    )
+
+
+def check_host(hop: Hop, allowance: Allowance) -> list[IPAddress]:
+    """Resolve the hop's host once and judge every address (see `judge`): the addresses
+    the fetcher may connect to, and no others."""
+    if _no_http_name(hop, allowance):
+        raise _plain_http(hop)
+    addresses = resolve(hop)
+    judge(hop, addresses, allowance)
     return addresses
-
-
-def _parts(url: str) -> tuple[str, str, int] | None:
-    try:
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.lower(), parts.hostname
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:
-        return None
-    if not host or port is None:
-        return None
-    return scheme, host, port
 
 
 def screen(url: str, allowance: Allowance) -> str | None:
     """What the manifest reader can say of an http(s) URL without resolving a name:
     the refusal of a literal address, or of plain http to a host the allowance cannot
     cover. None: judged when fetched."""
-    parts = _parts(url)
-    if parts is None:
+    hop = Hop.of(url)
+    if hop is None:
         return None
-    scheme, host, port = parts
-    literal = literal_address(host)
-    if literal is not None:
-        try:
-            judge(scheme, host, port, [literal], allowance, url=url)
-        except InputError as exc:
-            return str(exc)
-        return None
-    if scheme == "http" and not allowance.may_cover(host, port):
-        return plain_http_message(url)
+    literal = literal_address(hop.host)
+    if literal is None:
+        return str(_plain_http(hop)) if _no_http_name(hop, allowance) else None
+    try:
+        judge(hop, [literal], allowance)
+    except InputError as exc:
+        return str(exc)
     return None
 
 
@@ -383,18 +276,17 @@ def provider_fetches(url: str, allowance: Allowance) -> bool:
     """Whether a checked http(s) picture goes to the provider as its URL (True) or as
     its bytes through uploadMedia (False): the URL only for https on a host the
     allowance does not cover, since the provider cannot reach internal hosts."""
-    parts = _parts(url)
-    if parts is None or parts[0] != "https":
+    hop = Hop.of(url)
+    if hop is None or hop.scheme != "https":
         return False
     if not allowance:
         return True
-    _, host, port = parts
-    if allowance.names(host, port):
+    if allowance.names(hop.host, hop.port):
         return False
-    if literal_address(host) is not None or not any(e.network for e in allowance.entries):
+    if literal_address(hop.host) is not None or not allowance.has_networks:
         return True
     try:
-        addresses = resolve(host, port, url=url)
+        addresses = resolve(hop)
     except (InputError, FetchError):
         return False  # fetching the bytes says what is wrong
-    return not any(allowance.covers(host, port, a) for a in addresses)
+    return not any(allowance.covers(hop.host, hop.port, a) for a in addresses)

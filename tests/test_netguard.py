@@ -1,5 +1,6 @@
 """The address policy for picture URLs (`i2v.netguard`): which addresses are refused,
-what the worker's allowance lets through, and which pictures the provider gets as URLs."""
+what the worker's allowance (`i2v.private_hosts`) lets through, and which pictures the
+provider gets as URLs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ from ipaddress import ip_address
 import pytest
 
 from i2v.errors import ConfigError, InputError
-from i2v.netguard import (
-    Allowance,
-    judge,
-    provider_fetches,
-    refusal_reason,
-    screen,
-    worker_allowance,
-)
+from i2v.netguard import Hop, judge, provider_fetches, refusal_reason, screen
+from i2v.private_hosts import Allowance, worker_allowance
 
 LINK_LOCAL = "a link-local address (where cloud metadata services answer)"
 
@@ -115,16 +110,9 @@ def test_the_allowance_is_the_workers_environment(monkeypatch: pytest.MonkeyPatc
 
 
 def refusal(url: str, host: str, port: int, addresses: list[str], allowance: str = "") -> str:
-    scheme = url.partition(":")[0]
+    hop = Hop(url, url.partition(":")[0], host, port)
     with pytest.raises(InputError) as caught:
-        judge(
-            scheme,
-            host,
-            port,
-            [ip_address(a) for a in addresses],
-            Allowance.parse(allowance),
-            url=url,
-        )
+        judge(hop, [ip_address(a) for a in addresses], Allowance.parse(allowance))
     return str(caught.value)
 
 
@@ -160,7 +148,7 @@ def test_allowed_and_public_addresses_pass() -> None:
         ("http", "pics.lan", 80, "10.1.1.1"),
         ("http", "127.0.0.1", 8443, "127.0.0.1"),
     ]:
-        judge(scheme, host, port, [ip_address(address)], allowance, url=f"{scheme}://{host}/")
+        judge(Hop(f"{scheme}://{host}/", scheme, host, port), [ip_address(address)], allowance)
 
 
 def test_the_manifest_screens_literal_addresses_without_resolving() -> None:
