@@ -195,6 +195,7 @@ def _tls_context() -> ssl.SSLContext:
 
 @functools.lru_cache(maxsize=4)
 def _tls_for(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    # The arguments are the cache key: create_ssl_context reads the same two variables.
     return httpx.create_ssl_context()
 
 
