@@ -53,10 +53,32 @@ def doctor(
         raise typer.Exit(_usage_error(exc)) from None
     where = f"config {config}" if config else "default options (no --config)"
     first = Check(True, f"{where}: model {options.model}, duration {options.duration} s")
-    checks = [first, *run_async(_checks(options, dest))]
+    checks = [first, *_picture_hosts(), *run_async(_checks(options, dest))]
     for check in checks:
         typer.echo(check.render())
     raise typer.Exit(exit_code(checks))
+
+
+def _picture_hosts() -> list[Check]:
+    """The internal hosts this worker lets picture URLs reach, when it names any."""
+    from i2v.doctor import Check
+    from i2v.errors import ConfigError
+    from i2v.netguard import PRIVATE_HOSTS_ENV
+    from i2v.private_hosts import worker_allowance
+
+    try:
+        allowance = worker_allowance()
+    except ConfigError as exc:
+        return [Check(False, str(exc), f"fix {PRIVATE_HOSTS_ENV} in the worker's environment")]
+    if not allowance:
+        return []
+    return [
+        Check(
+            True,
+            f"picture URLs may reach these internal hosts ({PRIVATE_HOSTS_ENV}): "
+            f"{allowance.text}; their pictures go to the provider through uploadMedia",
+        )
+    ]
 
 
 async def _checks(options: Any, dest: str | None) -> list[Check]:

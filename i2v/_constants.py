@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from i2v import __version__
@@ -29,16 +28,9 @@ def is_safe_id(text: str) -> bool:
     return bool(SAFE_ID_PATTERN.match(text)) and text not in (".", "..")
 
 
-def is_loopback(host: str | None) -> bool:
-    """Whether `host` is `localhost` or a loopback IP address (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def show(value: str, limit: int = 120) -> str:
+    """A value quoted for a message, cut short so a pasted data: URI cannot flood it."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 # A URI's scheme ("s3", "https", "file"): one pattern for DEST, sources and pictures.

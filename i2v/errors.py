@@ -51,6 +51,12 @@ class UnreadableRecord(StorageError):
         self.uri = uri
 
 
+class FetchError(StorageError):
+    """A picture URL could not be fetched (connection reset or refused, timeout, HTTP
+    5xx): maybe transient, but only that row's. Checking the pictures rejects the row;
+    the upload step retries it like any storage error."""
+
+
 class AtlasError(I2VError):
     """Root of everything the Atlas Cloud client raises."""
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from i2v._constants import MAX_ID_CHARS, is_safe_id
-from i2v.resolve import show
+from i2v._constants import MAX_ID_CHARS, is_safe_id, show
 
 if TYPE_CHECKING:
     from i2v.manifest import Rules  # type only: i2v.manifest imports this module

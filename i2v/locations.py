@@ -1,23 +1,30 @@
 """Fetching input pictures: a local path, file://, s3:// or http(s) URL.
 
 Problems that are the input's fault (missing, too big, refused) raise `InputError`;
-trouble that is not (S3 access, connections, HTTP 5xx, timeouts) raises `StorageError`.
-Calls block: the pipeline runs them in worker threads.
+trouble that is not (S3 access, connections, HTTP 5xx, timeouts) raises `StorageError`
+(`FetchError` for a picture URL: only that row's). An http(s) picture reaches only the
+addresses `i2v.netguard` allows. Calls block: the pipeline runs them in worker threads.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from i2v._constants import SCHEME, MiB
-from i2v.errors import ConfigError, InputError, StorageError
+from i2v._constants import SCHEME, MiB, show
+from i2v.errors import ConfigError, FetchError, InputError, StorageError
+from i2v.netguard import Hop, check_host
+from i2v.private_hosts import Allowance, worker_allowance
 
 HTTP_TIMEOUT_S = 60.0
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def _too_big(uri: str, max_bytes: int, size: int | None) -> InputError:
@@ -31,9 +38,10 @@ def read_location(uri: str, *, s3_client: Any | None = None, max_bytes: int | No
     """Read one whole object from a local path, file://, s3:// or http(s) URL.
 
     Raises InputError when it is missing, larger than `max_bytes` (reading stops at
-    max_bytes + 1, so a huge file is never fetched whole) or the URL is refused (HTTP
-    4xx). Raises StorageError for trouble that is not the input's fault: S3 access or
-    connection errors, HTTP 5xx, timeouts.
+    max_bytes + 1, so a huge file is never fetched whole) or the URL is refused (an
+    address `i2v.netguard` refuses, HTTP 4xx). Raises StorageError for trouble that is
+    not the input's fault: S3 access, and (FetchError) connection errors, HTTP 5xx and
+    timeouts of a picture URL.
     """
     match = SCHEME.match(uri)
     scheme = match.group(1).lower() if match else ""
@@ -105,29 +113,90 @@ def _read_s3(uri: str, s3_client: Any | None, max_bytes: int | None) -> bytes:
 
 
 def _read_http(uri: str, max_bytes: int | None) -> bytes:
-    try:
-        with httpx.stream("GET", uri, follow_redirects=True, timeout=HTTP_TIMEOUT_S) as resp:
-            if resp.status_code in (404, 410):
-                raise InputError(f"image not found: {uri} (HTTP {resp.status_code})")
-            if 400 <= resp.status_code < 500:
-                raise InputError(f"cannot download image {uri}: HTTP {resp.status_code}")
-            if resp.status_code >= 500:
-                raise StorageError(f"cannot download image {uri}: HTTP {resp.status_code}")
-            length = resp.headers.get("content-length", "")
-            if max_bytes is not None and length.isdigit() and int(length) > max_bytes:
-                raise _too_big(uri, max_bytes, int(length))
-            chunks: list[bytes] = []
-            got = 0
-            for chunk in resp.iter_bytes():
-                chunks.append(chunk)
-                got += len(chunk)
-                if max_bytes is not None and got > max_bytes:
-                    raise _too_big(uri, max_bytes, None)
-            return b"".join(chunks)
-    except httpx.InvalidURL as exc:
-        raise InputError(f"invalid image URL {uri!r}: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise StorageError(f"cannot download image {uri}: {type(exc).__name__}: {exc}") from exc
+    """GET a picture URL, each hop's host resolved once and judged by `i2v.netguard`
+    before any connection, and the connection made to the judged address (the name
+    still in the Host header, the TLS SNI and the certificate check). Redirects are
+    followed here, at most MAX_REDIRECTS, each hop judged the same way."""
+    allowance = worker_allowance()
+    # No proxy from the environment: it would connect to an address not judged here.
+    with httpx.Client(timeout=HTTP_TIMEOUT_S, verify=_tls_context(), trust_env=False) as client:
+        try:
+            url, shown = httpx.URL(uri), uri
+            for _ in range(MAX_REDIRECTS + 1):
+                resp = _open(client, url, shown, uri, allowance)
+                try:
+                    location = resp.headers.get("location")
+                    if resp.status_code in _REDIRECTS and location:
+                        url = url.join(location)
+                        shown = str(url)
+                        continue
+                    return _body(resp, uri, max_bytes)
+                finally:
+                    resp.close()
+        except httpx.InvalidURL as exc:
+            raise InputError(f"invalid image URL {show(uri)}: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"cannot download image {uri}: {type(exc).__name__}: {exc}") from exc
+    raise InputError(f"image URL {show(uri)} redirects more than {MAX_REDIRECTS} times")
+
+
+def _open(
+    client: httpx.Client, url: httpx.URL, shown: str, origin: str, allowance: Allowance
+) -> httpx.Response:
+    """The streamed answer for `url`, from the first judged address that connects."""
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        raise InputError(f"image URL {show(origin)} redirects to {show(shown)}: not http(s)")
+    host = url.raw_host.decode("ascii")
+    port = url.port or (443 if scheme == "https" else 80)
+    addresses = check_host(Hop(shown, scheme, host, port, origin), allowance)
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    failure: httpx.TransportError | None = None
+    for address in addresses:
+        request = client.build_request(
+            "GET",
+            url.copy_with(host=str(address)),
+            headers={"Host": url.netloc.decode("ascii")},
+            extensions=extensions,
+        )
+        try:
+            return client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            failure = exc  # the next address may answer
+    assert failure is not None
+    raise failure
+
+
+def _body(resp: httpx.Response, uri: str, max_bytes: int | None) -> bytes:
+    if resp.status_code in (404, 410):
+        raise InputError(f"image not found: {uri} (HTTP {resp.status_code})")
+    if resp.status_code >= 500:
+        raise FetchError(f"cannot download image {uri}: HTTP {resp.status_code}")
+    if resp.status_code >= 300:
+        raise InputError(f"cannot download image {uri}: HTTP {resp.status_code}")
+    length = resp.headers.get("content-length", "")
+    if max_bytes is not None and length.isdigit() and int(length) > max_bytes:
+        raise _too_big(uri, max_bytes, int(length))
+    chunks: list[bytes] = []
+    got = 0
+    for chunk in resp.iter_bytes():
+        chunks.append(chunk)
+        got += len(chunk)
+        if max_bytes is not None and got > max_bytes:
+            raise _too_big(uri, max_bytes, None)
+    return b"".join(chunks)
+
+
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verification (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), made
+    once per setting: the client itself no longer reads the environment."""
+    return _tls_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_for(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    # The arguments are the cache key: create_ssl_context reads the same two variables.
+    return httpx.create_ssl_context()
 
 
 def presign_location(uri: str, *, s3_client: Any | None = None, expires_s: int = 3600) -> str:

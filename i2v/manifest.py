@@ -33,6 +33,7 @@ from i2v.config import BatchOptions
 from i2v.errors import ConfigError, ManifestError
 from i2v.fields import check_id, check_prompt, choices, parse_duration
 from i2v.models import ModelSpec, get_model
+from i2v.private_hosts import Allowance, worker_allowance
 from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused
 
 KNOWN_COLUMNS = ("image", "prompt", "duration", "id")
@@ -78,7 +79,7 @@ class Rules:
     default_duration: int | None
     allow_outside_base: bool
     allowed_schemes: tuple[str, ...]
-    allow_http_loopback: bool
+    private_hosts: Allowance
 
 
 def read_manifest(
@@ -89,14 +90,15 @@ def read_manifest(
     default_duration: int | None = None,
     allow_outside_base: bool = False,
     allowed_schemes: tuple[str, ...] = ("https", "s3", "file"),
-    allow_http_loopback: bool = True,
+    private_hosts: Allowance | None = None,
     s3_client: Any | None = None,
 ) -> Manifest:
     """Read a CSV (local path or s3://bucket/key.csv) or an s3:// prefix of pictures.
 
     `allowed_schemes` governs image locations; "file" covers plain local paths too.
-    Raises ManifestError when the manifest cannot be used at all, ConfigError when the
-    defaults do not fit the model.
+    `private_hosts` is the internal hosts picture URLs may name (default: this worker's
+    `I2V_PRIVATE_HOSTS`). Raises ManifestError when the manifest cannot be used at all,
+    ConfigError when the defaults do not fit the model or the allowance is malformed.
     """
     rules = Rules(
         spec=spec,
@@ -104,7 +106,7 @@ def read_manifest(
         default_duration=default_duration,
         allow_outside_base=allow_outside_base,
         allowed_schemes=tuple(s.lower() for s in allowed_schemes),
-        allow_http_loopback=allow_http_loopback,
+        private_hosts=worker_allowance() if private_hosts is None else private_hosts,
     )
     _check_defaults(rules)
     text = str(source).strip()

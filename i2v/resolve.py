@@ -1,6 +1,7 @@
 """Where a manifest's `image` cells point. A `Resolver` turns one cell into a checked
 location (an absolute local path, an s3:// URI or an http(s) URL) or into one specific
-message saying why it cannot be used: a scheme the config does not allow, a local path
+message saying why it cannot be used: a scheme the config does not allow, a literal
+address or plain http the worker's `I2V_PRIVATE_HOSTS` does not allow, a local path
 outside the manifest's folder (symlinks included) or missing, a relative path in a CSV
 on S3 that climbs above its bucket. `LocalResolver` serves CSVs on this machine and
 `S3Resolver` CSVs on S3; each resolves a cell once, and none fetches picture bytes.
@@ -14,15 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from i2v._constants import SCHEME, is_loopback
+from i2v._constants import SCHEME, show
+from i2v.netguard import screen
 
 if TYPE_CHECKING:
     from i2v.manifest import Rules  # type only: i2v.manifest imports this module
-
-
-def show(value: str, limit: int = 120) -> str:
-    """A value quoted for a message, cut short so a pasted data: URI cannot flood it."""
-    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def scheme_refused(scheme: str, rules: Rules) -> str:
@@ -73,18 +70,17 @@ class Resolver:
 
     def web(self, image: str, scheme: str) -> tuple[str | None, str | None]:
         try:
-            host = urlsplit(image).hostname
+            parts = urlsplit(image)
+            host, _ = parts.hostname, parts.port  # .port refuses a bad port
         except ValueError:
             return None, f"image URL {show(image)} is not a valid URL"
         if not host:
             return None, f"image URL {show(image)} has no host"
-        if scheme in self.rules.allowed_schemes:
-            return image, None
-        if scheme == "http":
-            if self.rules.allow_http_loopback and is_loopback(host):
-                return image, None  # test servers on this machine
-            return None, f"image URL {show(image)} uses plain http; use https"
-        return None, scheme_refused(scheme, self.rules)
+        if "https" not in self.rules.allowed_schemes:
+            return None, scheme_refused(scheme, self.rules)
+        # Names are resolved and judged when the picture is fetched (`i2v.locations`).
+        refused = screen(image, self.rules.private_hosts)
+        return (None, refused) if refused else (image, None)
 
     def relative(self, image: str) -> tuple[str | None, str | None]:
         raise NotImplementedError

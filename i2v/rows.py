@@ -13,7 +13,7 @@ from typing import Any
 from i2v._constants import is_safe_id
 from i2v.concurrency import parallel_map
 from i2v.config import BatchOptions
-from i2v.errors import InputError
+from i2v.errors import InputError, StorageError
 from i2v.locations import read_location
 from i2v.manifest import Manifest, ManifestRow
 from i2v.media import MAX_IMAGE_BYTES, ImageInfo, check_image
@@ -80,12 +80,16 @@ async def check_rows(
 def _check_all(
     rows: Sequence[ManifestRow], s3_client: Any | None, workers: int
 ) -> list[ImageInfo | str]:
-    """Each row's picture checked (or the message why not), `workers` at a time."""
+    """Each row's picture checked (or the message why not), `workers` at a time.
+
+    A picture that cannot be fetched (refused address, reset, timeout, HTTP error, an
+    s3:// object this worker may not read) is its row's problem, never the run's.
+    """
 
     def one(row: ManifestRow) -> ImageInfo | str:
         try:
             return _read_and_check(row, s3_client)
-        except InputError as exc:
+        except (InputError, StorageError) as exc:
             return str(exc)
 
     return parallel_map(one, rows, workers)

@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from i2v._constants import MiB
 from i2v.errors import (
@@ -39,6 +40,8 @@ from i2v.errors import (
 from i2v.locations import presign_location, read_location
 from i2v.media import MAX_IMAGE_BYTES, check_mp4_file
 from i2v.models import build_inputs
+from i2v.netguard import provider_fetches
+from i2v.private_hosts import worker_allowance
 from i2v.qc import QcFacts, probe_video
 from i2v.run import Job, NotSubmitted, Rejected, RunAborted, RunContext, StopReason
 from i2v.state import HOST, NO_OUTPUT, PURGED, InputRecord, Phase, age_s, utcnow
@@ -51,14 +54,19 @@ BIG_VIDEO_BYTES = 8 * MiB
 
 
 async def upload(ctx: RunContext, job: Job) -> str:
-    """The URL the provider reads the picture from: as given, presigned, or uploaded."""
+    """The URL the provider reads the picture from: as given, presigned, or uploaded.
+
+    A picture URL goes as given only when the provider can fetch it too: https on a
+    host the worker's allowance does not cover (`i2v.netguard.provider_fetches`);
+    pictures from allowed internal hosts go up as bytes, like local files.
+    """
     location = job.image_location
-    if location.startswith("https://"):
+    if location.startswith(("https://", "http://")) and await asyncio.to_thread(
+        provider_fetches, location, worker_allowance()
+    ):
         return location
     if location.startswith("s3://") and ctx.options.s3_pictures == "presign":
         return await asyncio.to_thread(presign_location, location, s3_client=ctx.s3_client)
-    if location.startswith("http://"):  # loopback only: the manifest refused the rest
-        return location
     # Rows with different prompts often share a picture: upload each picture once per
     # run, and let concurrent jobs wait for the same upload.
     pending = ctx.uploads.get(job.picture.sha256)
@@ -83,8 +91,10 @@ async def _upload_once(ctx: RunContext, job: Job) -> str:
         # proves these are the same checked bytes, and never uploads anything else.
         if hashlib.sha256(data).hexdigest() != job.picture.sha256:
             raise InputError(f"{job.primary.row.image} changed while the run was going on")
+        web = location.startswith(("https://", "http://"))
+        name = Path(urlsplit(location).path if web else location).name
         uploaded = await ctx.client.upload_media(
-            data, filename=Path(location).name or "picture", content_type=job.picture.content_type
+            data, filename=name or "picture", content_type=job.picture.content_type
         )
         ctx.stats.uploads += 1
         return uploaded.download_url

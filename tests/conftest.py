@@ -22,6 +22,8 @@ os.environ["ATLASCLOUD_BASE_URL"] = "http://127.0.0.1:9"
 os.environ["ATLASCLOUD_API_KEY"] = TEST_API_KEY
 # Records a run could not write to DEST go to this session's own folder, not ~/.local.
 os.environ["I2V_JOURNAL_DIR"] = tempfile.mkdtemp(prefix="i2v-test-journal-")
+# Picture URLs reach internal hosts only where a test allows them itself.
+os.environ.pop("I2V_PRIVATE_HOSTS", None)
 
 
 @pytest.fixture

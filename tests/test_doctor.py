@@ -147,6 +147,27 @@ def test_a_cloudflare_block_and_a_dead_host(make_simulator: Any, tmp_path: Path)
     assert code == 2 and "does not answer" in line_with(lines, "✗ API host http://127.0.0.1:9")
 
 
+def test_the_workers_picture_hosts(
+    make_simulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = str(sim_config(tmp_path, make_simulator()))
+    _, lines = doctor("--config", config)
+    assert not [line for line in lines if "I2V_PRIVATE_HOSTS" in line]  # unset: no line
+    monkeypatch.setenv("I2V_PRIVATE_HOSTS", "pictures.internal, 10.20.0.0/16")
+    code, lines = doctor("--config", config)
+    assert code == 0, "\n".join(lines)
+    assert lines[1] == (
+        "✓ picture URLs may reach these internal hosts (I2V_PRIVATE_HOSTS): "
+        "pictures.internal,10.20.0.0/16; their pictures go to the provider through uploadMedia"
+    )
+    monkeypatch.setenv("I2V_PRIVATE_HOSTS", "pictures.internal:http")
+    code, lines = doctor("--config", config)
+    assert code == 2
+    assert failed(lines)[0].startswith(
+        "✗ I2V_PRIVATE_HOSTS entry 'pictures.internal:http' is not a host name"
+    )
+
+
 def test_an_unknown_model_and_the_catalog_price(make_simulator: Any, tmp_path: Path) -> None:
     sim = make_simulator(known_models=("minimax/hailuo-2.3/i2v-pro",))
     code, lines = doctor("--config", str(sim_config(tmp_path, sim)))

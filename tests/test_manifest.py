@@ -224,7 +224,10 @@ def test_every_bad_row_gets_its_own_message(pictures: Path) -> None:
         if values[4] is not None:
             assert got[line] == values[4], line
     assert got[2] is None and got[6] is None and got[14] is None and got[16] is None
-    assert got[12] is None  # plain http to a loopback test server
+    assert got[12] == (
+        "image URL 'http://127.0.0.1:8000/a.png' resolves to 127.0.0.1, a loopback address: "
+        "refused (allow internal hosts on the worker with I2V_PRIVATE_HOSTS=127.0.0.1:8000)"
+    )
     assert got[11] == "image URL 'http://example.com/a.png' uses plain http; use https"
     assert got[13] == (
         "image location scheme 'gs' is not allowed here; "
@@ -240,15 +243,66 @@ def test_every_bad_row_gets_its_own_message(pictures: Path) -> None:
     assert by_line[6].duration == 6
     assert by_line[4].duration is None and by_line[4].image_location is None
     assert by_line[14].image_location == "s3://bucket/a.png"
-    assert len(m.good_rows) == 5 and len(m.bad_rows) == len(m.rows) - 5
+    assert len(m.good_rows) == 4 and len(m.bad_rows) == len(m.rows) - 4
 
 
-def test_http_loopback_can_be_switched_off_and_schemes_narrowed(pictures: Path) -> None:
+def test_internal_hosts_only_through_the_workers_allowance(
+    pictures: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = [
+        "http://localhost:9/a.png",  # a name: judged when fetched, if the allowance may cover it
+        "https://127.0.0.1:8443/a.png",
+        "https://10.1.2.3/a.png",
+        "http://[::1]:8443/a.png",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:10.0.0.1]/a.png",
+        "http://example.com/a.png",
+        "https://pictures.example.com/a.png",
+    ]
+    csv = write(pictures / "m.csv", "image\n" + "\n".join(images) + "\n")
+    hint = "(allow internal hosts on the worker with I2V_PRIVATE_HOSTS="
+    assert errors_by_line(read(csv)) == {
+        2: "image URL 'http://localhost:9/a.png' uses plain http; use https",
+        3: "image URL 'https://127.0.0.1:8443/a.png' resolves to 127.0.0.1, a loopback "
+        f"address: refused {hint}127.0.0.1:8443)",
+        4: f"image URL 'https://10.1.2.3/a.png' resolves to 10.1.2.3, a private address: "
+        f"refused {hint}10.1.2.3)",
+        5: "image URL 'http://[::1]:8443/a.png' resolves to ::1, a loopback address: "
+        f"refused {hint}[::1]:8443)",
+        6: "image URL 'https://169.254.169.254/latest/meta-data/' resolves to 169.254.169.254, "
+        "a link-local address (where cloud metadata services answer): refused",
+        7: "image URL 'https://[::ffff:10.0.0.1]/a.png' resolves to ::ffff:10.0.0.1, a private "
+        f"address (IPv4 10.0.0.1 inside IPv6): refused {hint}[::ffff:10.0.0.1])",
+        8: "image URL 'http://example.com/a.png' uses plain http; use https",
+        9: None,
+    }
+    # The worker's environment, never the manifest or the flow's options, allows them.
+    monkeypatch.setenv("I2V_PRIVATE_HOSTS", "localhost:9, 127.0.0.0/8,10.0.0.0/8 [::1]:8443")
+    got = errors_by_line(read(csv))
+    assert got[6] == (
+        "image URL 'https://169.254.169.254/latest/meta-data/' resolves to 169.254.169.254, "
+        "a link-local address (where cloud metadata services answer): refused"
+    )
+    # Line 8's name may resolve into an allowed network: judged when fetched.
+    assert [line for line, error in got.items() if error is None] == [2, 3, 4, 5, 7, 8, 9]
+    monkeypatch.setenv("I2V_PRIVATE_HOSTS", "localhost:9")
+    got = errors_by_line(read(csv))
+    assert got[2] is None and got[3] is not None and got[8] is not None
+
+
+def test_a_bad_allowance_stops_the_run(pictures: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    csv = write(pictures / "m.csv", "image\nastronaut.png\n")
+    monkeypatch.setenv("I2V_PRIVATE_HOSTS", "pictures.internal,10.0.0.0/33")
+    with pytest.raises(ConfigError, match=r"I2V_PRIVATE_HOSTS entry '10.0.0.0/33' is not"):
+        read(csv)
+
+
+def test_plain_http_and_schemes_narrowed(pictures: Path) -> None:
     csv = write(
         pictures / "m.csv",
         "image\nhttp://localhost:9/a.png\nastronaut.png\ns3://b/k.png\nhttps://x.org/a.png\n",
     )
-    m = read(csv, allow_http_loopback=False, allowed_schemes=("https",))
+    m = read(csv, allowed_schemes=("https",))
     assert errors_by_line(m) == {
         2: "image URL 'http://localhost:9/a.png' uses plain http; use https",
         3: "local image paths are not allowed here; use https:// or s3:// locations",

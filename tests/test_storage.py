@@ -584,7 +584,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def http_server() -> Iterator[str]:
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A picture server on loopback, which this worker's allowance lets it reach."""
+    monkeypatch.setenv("I2V_PRIVATE_HOSTS", "127.0.0.1")
     _Handler.files = {"a.png": b"picture bytes", "big.png": b"x" * 5000}
     _Handler.streamed = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)

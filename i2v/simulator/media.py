@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import re
 import uuid
 from collections.abc import Callable
@@ -16,11 +17,23 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from i2v._constants import is_loopback
 from i2v.simulator.inputs import MAX_IMAGE_BYTES, ApiError, picture_problem
 
 _INLINE_LIMIT = 256 * 1024  # bigger inputs are handled off the event loop
 T = TypeVar("T")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` is `localhost` or a loopback IP address: the only pictures the
+    simulated provider fetches (the worker's own rules are `i2v.netguard`'s)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def off_loop_if_large(size: int, fn: Callable[..., T], *args: Any) -> T:
