@@ -333,6 +333,8 @@ def main() -> None:
         )
         sim = f"http://127.0.0.1:{sim_port}"
         wait_for("the simulator", lambda: httpx.get(f"{sim}/api/v1/models", timeout=2).is_success)
+        # The form names the simulator as api.base_url: the worker must allow it.
+        stack.env["I2V_ALLOWED_BASE_URLS"] = sim
         stack.spawn("worker", str(BIN / "prefect"), "worker", "start", "--pool", POOL)
 
         manifest = str(REPO / "examples" / "manifest.csv")
