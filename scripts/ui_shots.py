@@ -315,7 +315,15 @@ def main() -> None:
             str(stack.port),
         )
         wait_for("the server", lambda: httpx.get(f"{stack.api}/health", timeout=2).is_success)
-        stack.prefect("work-pool", "create", POOL, "--type", "process")
+        stack.prefect(
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--base-job-template",
+            "deployments/process-pool.json",
+        )
         stack.prefect("gcl", "create", "atlascloud", "--limit", "20")
         print("==> deploying deployments/prefect.yaml", flush=True)
         stack.prefect("deploy", "--all", "--prefect-file", "deployments/prefect.yaml")

@@ -187,7 +187,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             assert s.procs[0].poll() is None, s.log_text("server")
             assert time.monotonic() < deadline, "server did not start:\n" + s.log_text("server")
             time.sleep(0.5)
-        s.cli("work-pool", "create", POOL, "--type", "process")
+        s.cli(
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--base-job-template",
+            "deployments/process-pool.json",  # a run cannot set env or command
+        )
         s.cli("gcl", "create", "atlascloud", "--limit", str(LIMIT))
         s.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
         with _client(url) as client:
@@ -345,7 +353,8 @@ def test_a_form_cannot_send_the_key_elsewhere(stack: Stack, tmp_path: Path) -> N
     """A run of i2v-batch/batch whose form points api.base_url at a listener (the key is
     in a Secret block the worker can read) fails before any request: the listener sees
     no connection, not even the picture that sits on it. A form's allow_outside_base
-    fails the same way: these workers do not allow it."""
+    fails the same way: these workers do not allow it. Nor can a run set the workers'
+    environment through job variables (the pool's template fixes env and command)."""
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -362,6 +371,22 @@ def test_a_form_cannot_send_the_key_elsewhere(stack: Stack, tmp_path: Path) -> N
             "outside": {"allow_outside_base": True, "api": {"api_key_secret_block": SECRET_BLOCK}},
         }
         with _client(stack.url) as client:
+            # The pool's locked template: a run cannot set the worker's environment (nor
+            # its command) through job variables; the server refuses it.
+            from prefect.exceptions import PrefectHTTPStatusError
+
+            for variables in (
+                {"env": {"ATLASCLOUD_BASE_URL": listener.url, "I2V_ALLOW_OUTSIDE_BASE": "1"}},
+                {"command": "python -c 'print(1)'"},
+            ):
+                with pytest.raises(PrefectHTTPStatusError) as info:
+                    client.create_flow_run_from_deployment(
+                        batch,
+                        parameters={"source": str(manifest), "dest": str(tmp_path / "x")},
+                        job_variables=variables,
+                    )
+                assert info.value.response.status_code == 422, variables
+                assert f"'{next(iter(variables))}' was unexpected" in info.value.response.text
             created = {
                 name: client.create_flow_run_from_deployment(
                     batch,
