@@ -118,7 +118,10 @@ def run(
             run_child(
                 procs,
                 "fanout-pool",
-                [prefect(), "--no-prompt", "work-pool", "create", POOL, "--type", "process"],
+                [
+                    *(prefect(), "--no-prompt", "work-pool", "create", POOL, "--type", "process"),
+                    *("--base-job-template", "deployments/process-pool.json"),
+                ],
                 env,
                 timeout_s=180,
             )

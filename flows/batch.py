@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from flows.authority import check_worker_settings
 from flows.common import (
     OpenedRun,
     atlas_client,
@@ -192,6 +193,7 @@ async def _batch(
 ) -> RunSummary:
     logger = get_run_logger()
     started = time.monotonic()
+    await check_worker_settings(options)  # before any request
     limit_malloc_arenas()  # before the run's threads start
     # State writes (fsync'd), S3 calls and file moves run in threads; the default pool
     # (cores + 4 threads) queues them behind each other when dozens of rows are live.

@@ -30,6 +30,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Crashed
 from pydantic import Field
 
+from flows.authority import check_worker_settings
 from flows.common import OpenedRun, dry_run_summary, open_run, publish_artifacts
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
@@ -78,6 +79,7 @@ async def i2v_fanout(
     """
     logger = get_run_logger()
     started = time.monotonic()
+    await check_worker_settings(options)  # before any read; each shard checks on its worker
     opened = await open_run(source, dest, options)
     plans, storage, run_id = opened.plans, opened.dest, opened.run_id
     shards = plan_shards(plans, shard_size)

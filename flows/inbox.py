@@ -29,6 +29,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
+from flows.authority import check_worker_settings
 from flows.batch import i2v_batch
 from flows.common import s3_client_for
 from i2v.config import BatchOptions
@@ -85,6 +86,7 @@ async def i2v_inbox(
     shipped before its configuration must not fail every ten minutes.
     """
     logger = get_run_logger()
+    await check_worker_settings(options)  # before the inbox is read
     missing = [
         label
         for label, value in (("inbox", inbox), ("dest_root", dest_root))

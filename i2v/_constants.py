@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from i2v import __version__
 
@@ -31,6 +32,24 @@ def is_safe_id(text: str) -> bool:
 def show(value: str, limit: int = 120) -> str:
     """A value quoted for a message, cut short so a pasted data: URI cannot flood it."""
     return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def url_origin(url: str) -> str | None:
+    """`scheme://host[:port]` of an http(s) URL: where a request to it goes (lower case,
+    the scheme's default port left out). None for anything else: another scheme, no
+    host, a bad port, or user info (`https://user@host`)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in ("http", "https") or not host or "@" in parts.netloc:
+        return None
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 # A URI's scheme ("s3", "https", "file"): one pattern for DEST, sources and pictures.

@@ -65,7 +65,9 @@ class ApiSettings(BaseModel):
     base_url: str | None = Field(
         None,
         title="API base URL",
-        description="Default: ATLASCLOUD_BASE_URL, else https://api.atlascloud.ai.",
+        description="Where the key is sent. Default: ATLASCLOUD_BASE_URL, else "
+        "https://api.atlascloud.ai. A deployment run may name only the worker's own API or "
+        "an origin in the worker's I2V_ALLOWED_BASE_URLS.",
     )
     generate_timeout_s: float = Field(
         60.0,
@@ -171,7 +173,8 @@ class BatchOptions(BaseModel):
     allow_outside_base: bool = Field(
         False,
         title="Allow pictures outside the manifest's folder",
-        description="Allow local picture paths outside the manifest's folder.",
+        description="Allow picture paths outside the manifest's folder; in a deployment run "
+        "only where the worker sets I2V_ALLOW_OUTSIDE_BASE=1.",
     )
     global_concurrency_limit: str | None = Field(
         "atlascloud",

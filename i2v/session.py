@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from i2v._constants import url_origin
 from i2v.errors import AmbiguousSubmissionError, OutputError, ServerError, TransportError
 from i2v.parsing import ErrorPage, effective_status, error_page, safe_url, server_message
 from i2v.retry import (
@@ -93,12 +94,6 @@ class _Secret:
         raise TypeError("the API key cannot be pickled")
 
 
-def _origin_of(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default_port = {"http": 80, "https": 443}.get(parts.scheme)
-    return (parts.scheme, (parts.hostname or "").lower(), parts.port or default_port)
-
-
 def _read(response: httpx.Response) -> tuple[Any, ErrorPage | None]:
     """The JSON body, or (None, what the page is) when the body is not JSON."""
     try:
@@ -130,7 +125,7 @@ class ApiSession:
         self.user_agent = user_agent
         self._on_rate_limited = on_rate_limited
         self._rng = rng
-        self._origin = _origin_of(base_url)
+        self._origin = url_origin(base_url)
 
         # One pool per kind of request. httpcore's pool does work proportional to its
         # connections (a poll() of every idle socket, a scan of all of them) each time a
@@ -285,7 +280,8 @@ class ApiSession:
         See `AtlasClient.download_output`.
         """
         shown = safe_url(url)
-        same_origin = _origin_of(url) == self._origin or not urlsplit(url).netloc
+        origin = url_origin(url)
+        same_origin = (origin is not None and origin == self._origin) or not urlsplit(url).netloc
         headers = self._auth() if same_origin else None
         timeout = self.timeouts.as_httpx(read=self.timeouts.download_read_s)
         attempts = max(self.retry.max_attempts, 1)

@@ -315,7 +315,15 @@ def main() -> None:
             str(stack.port),
         )
         wait_for("the server", lambda: httpx.get(f"{stack.api}/health", timeout=2).is_success)
-        stack.prefect("work-pool", "create", POOL, "--type", "process")
+        stack.prefect(
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--base-job-template",
+            "deployments/process-pool.json",
+        )
         stack.prefect("gcl", "create", "atlascloud", "--limit", "20")
         print("==> deploying deployments/prefect.yaml", flush=True)
         stack.prefect("deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
@@ -333,6 +341,8 @@ def main() -> None:
         )
         sim = f"http://127.0.0.1:{sim_port}"
         wait_for("the simulator", lambda: httpx.get(f"{sim}/api/v1/models", timeout=2).is_success)
+        # The form names the simulator as api.base_url: the worker must allow it.
+        stack.env["I2V_ALLOWED_BASE_URLS"] = sim
         stack.spawn("worker", str(BIN / "prefect"), "worker", "start", "--pool", POOL)
 
         manifest = str(REPO / "examples" / "manifest.csv")

@@ -5,7 +5,9 @@ and the fan-out's shard planning and merging on their own.
 Everything runs on loopback: the server and the workers are subprocesses with their own
 PREFECT_HOME; the Atlas simulator serves from this process. The Atlas key reaches the
 runs only through a Prefect Secret block: the workers' ATLASCLOUD_API_KEY is a wrong key
-the simulator refuses, so a run that did not read the block would fail.
+the simulator refuses, so a run that did not read the block would fail. The runs' forms
+point `api.base_url` at the simulator, which the workers allow by I2V_ALLOWED_BASE_URLS
+(a form alone cannot choose where the key goes: `test_a_form_cannot_send_the_key_elsewhere`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import csv
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +54,7 @@ class Stack:
     url: str
     env: dict[str, str]
     logs: Path
+    sim: Any  # the Atlas simulator the workers allow (I2V_ALLOWED_BASE_URLS)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     deployments: dict[str, Any] = field(default_factory=dict)
 
@@ -142,7 +147,10 @@ def _client(url: str) -> Any:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A prefect server, the pool, the limit, the four deployments and two workers."""
+    """A prefect server, the pool, the limit, the four deployments, the simulator and two
+    workers that allow it as their API."""
+    from i2v.simulator.server import start_simulator
+
     home = tmp_path_factory.mktemp("prefect-home")
     inbox = tmp_path_factory.mktemp("inbox")
     port = free_port()
@@ -164,7 +172,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Wrong on purpose: the runs must take the key from the Secret block.
         ATLASCLOUD_API_KEY=TEST_API_KEY,
     )
-    s = Stack(url=url, env=env, logs=tmp_path_factory.mktemp("logs"))
+    sim = start_simulator(port=0, latency_s=1.0, api_key=SECRET_VALUE)
+    # The workers' own API stays ATLASCLOUD_BASE_URL (conftest: a dead port); the forms
+    # may name the simulator because the workers allow it.
+    env["I2V_ALLOWED_BASE_URLS"] = sim.url
+    s = Stack(url=url, env=env, logs=tmp_path_factory.mktemp("logs"), sim=sim)
     try:
         s.spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
         deadline = time.monotonic() + 120
@@ -175,7 +187,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             assert s.procs[0].poll() is None, s.log_text("server")
             assert time.monotonic() < deadline, "server did not start:\n" + s.log_text("server")
             time.sleep(0.5)
-        s.cli("work-pool", "create", POOL, "--type", "process")
+        s.cli(
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--base-job-template",
+            "deployments/process-pool.json",  # a run cannot set env or command
+        )
         s.cli("gcl", "create", "atlascloud", "--limit", str(LIMIT))
         s.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
         with _client(url) as client:
@@ -190,6 +210,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
     finally:
         _teardown(s.procs)
+        sim.stop()
 
 
 # ----------------------------------------------------------------------- schemas
@@ -282,6 +303,127 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
         client.delete_flow_run(run.id)
 
 
+# ------------------------------------------------------------- who decides what
+
+
+class Listener:
+    """A raw TCP listener on loopback: records every connection and the bytes it sent."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.received: list[bytes] = []  # one entry per connection
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(65536):
+                        data += chunk
+                self.received.append(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
+def _wait_final(client: Any, run_id: Any, timeout_s: float = 180) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"flow run {run.name} still {run.state}"
+        time.sleep(1)
+
+
+@pytest.mark.server
+def test_a_form_cannot_send_the_key_elsewhere(stack: Stack, tmp_path: Path) -> None:
+    """A run of i2v-batch/batch whose form points api.base_url at a listener (the key is
+    in a Secret block the worker can read) fails before any request: the listener sees
+    no connection, not even the picture that sits on it. A form's allow_outside_base
+    fails the same way: these workers do not allow it. Nor can a run set the workers'
+    environment through job variables (the pool's template fixes env and command)."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
+        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    listener = Listener()
+    try:
+        manifest, _ = _manifest(tmp_path)
+        with manifest.open("a", newline="") as f:  # a picture a check would fetch
+            csv.writer(f).writerow(["web", f"https://{listener.url[7:]}/picture.png", "pan"])
+        batch = stack.deployments["i2v-batch/batch"].id
+        forms = {
+            "base_url": {"api": {"base_url": listener.url, "api_key_secret_block": SECRET_BLOCK}},
+            "outside": {"allow_outside_base": True, "api": {"api_key_secret_block": SECRET_BLOCK}},
+        }
+        with _client(stack.url) as client:
+            # The pool's locked template: a run cannot set the worker's environment (nor
+            # its command) through job variables; the server refuses it.
+            from prefect.exceptions import PrefectHTTPStatusError
+
+            for variables in (
+                {"env": {"ATLASCLOUD_BASE_URL": listener.url, "I2V_ALLOW_OUTSIDE_BASE": "1"}},
+                {"command": "python -c 'print(1)'"},
+            ):
+                with pytest.raises(PrefectHTTPStatusError) as info:
+                    client.create_flow_run_from_deployment(
+                        batch,
+                        parameters={"source": str(manifest), "dest": str(tmp_path / "x")},
+                        job_variables=variables,
+                    )
+                assert info.value.response.status_code == 422, variables
+                assert f"'{next(iter(variables))}' was unexpected" in info.value.response.text
+            created = {
+                name: client.create_flow_run_from_deployment(
+                    batch,
+                    parameters={
+                        "source": str(manifest),
+                        "dest": str(tmp_path / f"dest-{name}"),
+                        "options": options,
+                    },
+                )
+                for name, options in forms.items()
+            }
+            runs = {name: _wait_final(client, run.id) for name, run in created.items()}
+            logs = _all_logs(client)
+    finally:
+        listener.close()
+
+    sent = b"".join(listener.received)
+    leaked = SECRET_VALUE.encode() in sent  # a bool: a failure must not print the key
+    assert not leaked, "the worker sent the key to the form's URL"
+    assert listener.received == [], f"the worker connected to the form's URL: {sent[:200]!r}"
+    for name, run in runs.items():
+        assert run.state is not None and run.state.is_failed(), (name, run.state)
+        assert not (tmp_path / f"dest-{name}").exists(), f"the refused {name} run wrote DEST"
+    message = str(runs["base_url"].state.message)
+    assert (
+        f"options.api.base_url '{listener.url}' is not this worker's API (http://127.0.0.1:9): "
+        "a run's form cannot choose where the key is sent. Set ATLASCLOUD_BASE_URL, or add "
+        f"{listener.url} to I2V_ALLOWED_BASE_URLS, in the worker's environment"
+    ) in message, message
+    message = str(runs["outside"].state.message)
+    assert "options.allow_outside_base is true" in message, message
+    assert "I2V_ALLOW_OUTSIDE_BASE=1" in message, message
+    said = [log.message for log in logs if log.flow_run_id in {r.id for r in runs.values()}]
+    assert not any(SECRET_VALUE in line or TEST_API_KEY in line for line in said)
+    assert not any("distinct inputs" in line for line in said), "the manifest was read"
+
+
 # ------------------------------------------------------------------------- fan-out
 
 
@@ -314,13 +456,11 @@ def _all_logs(client: Any) -> list[Any]:
 
 
 @pytest.mark.server
-def test_fanout_over_two_workers_under_the_provider_cap(
-    stack: Stack, make_simulator: Any, tmp_path: Path
-) -> None:
+def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: Path) -> None:
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    sim = make_simulator(latency_s=1.0, api_key=SECRET_VALUE)
+    sim = stack.sim  # latency 1 s; allowed as api.base_url by the workers' environment
     manifest, distinct = _manifest(tmp_path)
     dest = tmp_path / "dest"
     with temporary_settings(updates={PREFECT_API_URL: stack.url}):
