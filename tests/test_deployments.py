@@ -481,13 +481,15 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     from i2v.rows import group_jobs
     from i2v.run import JobOutcome, RowStatus
     from i2v.shards import ShardRun, merge_shards
+    from i2v.state import InputRecord, Phase, StateStore
     from i2v.storage import open_storage
 
-    plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5)]
+    plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5, 6)]
     plans[1].error, plans[1].identity = "picture too small", None  # line 3: rejected
     for p in plans:
         p.picture = object()  # type: ignore[assignment]
     storage = open_storage(tmp_path / "dest")
+    options = BatchOptions.model_validate({})
     ok_id = str(uuid.uuid4())
     ok = ShardRun(flow_run_id=ok_id, name="ok-shard", state="Completed")
     dead = ShardRun(
@@ -496,23 +498,41 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
         state="Crashed",
         message="worker lost",
     )
-    # Shard 1 (lines 4, 5) finished and wrote its run table; shard 2 (2, 3) left none.
-    jobs = group_jobs([plans[2], plans[3]], BatchOptions.model_validate({}))
+    # Shard 1 (lines 4, 5) finished and wrote its run table; shard 2 (2, 3, 6) left none,
+    # but it had landed line 6 (record and video in DEST) and submitted line 2.
+    jobs = group_jobs([plans[2], plans[3]], options)
     for job in jobs:
         job.outcome = JobOutcome(RowStatus.LANDED)
     table = result_rows([plans[2], plans[3]], jobs, model="m", dest=storage, extra_columns=[])
     write_tables(storage, table, f"20260101T000000Z-{ok_id[:8]}", publish=False)
+    store = StateStore(storage)
+    store.put(
+        InputRecord(
+            identity="id6",
+            model="m",
+            phase=Phase.LANDED,
+            prediction_id="p6",
+            video_key="videos/r6.mp4",
+            cost_usd=0.28,
+        )
+    )
+    storage.write_bytes("videos/r6.mp4", b"\x00\x00\x00\x18ftypmp42")
+    store.put(InputRecord(identity="id2", model="m", phase=Phase.SUBMITTED, prediction_id="p2"))
 
-    frame, reports = merge_shards(storage, plans, [[4, 5], [2, 3]], [ok, dead], "m", [])
-    assert list(frame["line"]) == [2, 3, 4, 5]
+    frame, reports = merge_shards(storage, plans, [[4, 5], [2, 3, 6]], [ok, dead], options, [])
+    assert list(frame["line"]) == [2, 3, 4, 5, 6]
     by_line = frame.set_index("line")
     assert list(by_line.loc[[4, 5], "status"]) == ["landed", "landed"]
     assert by_line.loc[3, "status"] == "rejected"  # its own reason, whatever the shard did
+    assert by_line.loc[6, "status"] == "landed", "its record says the lost shard landed it"
+    assert by_line.loc[6, "prediction_id"] == "p6" and by_line.loc[6, "cost_usd"] == 0.28
     assert by_line.loc[2, "status"] == "not_submitted"
     assert "dead-shard" in by_line.loc[2, "error"] and "Crashed" in by_line.loc[2, "error"]
     assert "worker lost" in by_line.loc[2, "error"]
+    assert "Run the fan-out again" in by_line.loc[2, "error"]
     assert [r.state for r in reports] == ["Completed", "Crashed"]
     assert reports[0].run_id and reports[1].run_id is None
+    assert reports[1].counts == {"landed": 1, "not_submitted": 1, "rejected": 1}
 
 
 @pytest.mark.usefixtures("prefect_harness")
