@@ -5,6 +5,12 @@
     machine, takes it) -> wait -> merge the shards' DEST/runs/<shard-run-id>/results.parquet
     into DEST/results.{parquet,csv}
 
+A lost machine does not leave the fan-out waiting: each shard runs with a heartbeat
+every HEARTBEAT_S seconds (the pool's template sets it: deployments/process-pool.json;
+a run cannot set job variables of its own there), and a shard
+silent for MISSED_BEATS beats is marked Crashed (`flows.common.mark_lost_runs`); the
+parent then ends Failed, naming it, and a rerun finishes its rows.
+
 Shards share DEST: each input's durable record under DEST/_state/ belongs to exactly one
 shard (rows with the same input identity always go to the same shard), so shards never
 race for an input and a rerun of the fan-out pays nothing twice.
@@ -31,10 +37,17 @@ from prefect.states import Crashed
 from pydantic import Field
 
 from flows.authority import check_worker_settings
-from flows.common import OpenedRun, dry_run_summary, open_run, publish_artifacts
+from flows.common import (
+    OpenedRun,
+    dry_run_summary,
+    mark_lost_runs,
+    open_run,
+    publish_artifacts,
+)
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
 from i2v.lifecycle import triage
+from i2v.liveness import HEARTBEAT_S
 from i2v.results import RunSummary, status_counts, top_errors, write_tables
 from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
@@ -42,6 +55,7 @@ from i2v.shards import STATS, ShardReport, ShardRun, merge_shards, plan_shards
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 
 POLL_S = 2.0  # how often the parent reads its shards' states
+HEARTBEAT_CHECK_S = 10.0  # how often it reads their heartbeats
 NO_WORKER_WARNING_S = 120.0  # shards still waiting after this: say no worker takes them
 FANOUT_PROGRESS_KEY = "i2v-fanout-progress"
 SHARD_DEPLOYMENT = "i2v-shard/shard"  # flows/batch.py:i2v_shard, deployments/prefect.yaml
@@ -110,7 +124,7 @@ async def i2v_fanout(
         plans,
         shards,
         [_shard_run(run) for run in finished],
-        str(options.model),
+        options,
         opened.manifest.extra_columns,
     )
     summary = FanoutSummary(
@@ -156,9 +170,14 @@ async def i2v_fanout(
     if bad:
         raise ShardsFailed(
             f"{len(bad)} of {len(reports)} shards did not complete ("
-            + "; ".join(f"shard {r.index} {r.flow_run_name}: {r.state}" for r in bad)
-            + f"); their rows are in {summary.results_uri} with the reason. Rerun the "
-            "fan-out: inputs already paid for are not paid again"
+            + "; ".join(
+                f"shard {r.index} {r.flow_run_name}: {r.state}"
+                + (f" ({r.message})" if r.message else "")
+                for r in bad
+            )
+            + f"); their rows are in {summary.results_uri} with the reason. Run the fan-out "
+            "again with the same parameters to finish them: inputs already paid for are "
+            "not paid again"
         )
     return summary
 
@@ -180,26 +199,21 @@ async def _launch(
         # mode="json": plain JSON values, as the deployment's schema checks them.
         "options": options.model_dump(mode="json"),
     }
+    await _check_deployment(deployment)
     runs: list[FlowRun] = []
     for index, lines in enumerate(shards, 1):
         digest = hashlib.sha256(json.dumps(lines).encode()).hexdigest()[:12]
-        try:
-            run = await arun_deployment(
-                name=deployment,
-                parameters={**base, "lines": lines},
-                timeout=0,
-                as_subflow=True,
-                flow_run_name=f"{parent_name}-shard-{index}-of-{len(shards)}",
-                tags=["i2v-shard"],
-                # A retried parent finds its shards again instead of starting (and
-                # paying for) new ones.
-                idempotency_key=f"i2v-fanout:{parent}:{index}:{digest}",
-            )
-        except ObjectNotFound:
-            raise ConfigError(
-                f"deployment {deployment!r} not found: deploy it with `prefect deploy --all "
-                "--prefect-file deployments/prefect.yaml`, or pass `deployment`"
-            ) from None
+        run = await arun_deployment(
+            name=deployment,
+            parameters={**base, "lines": lines},
+            timeout=0,
+            as_subflow=True,
+            flow_run_name=f"{parent_name}-shard-{index}-of-{len(shards)}",
+            tags=["i2v-shard"],
+            # A retried parent finds its shards again instead of starting (and paying
+            # for) new ones; a new run of the fan-out has a new id, so new shard runs.
+            idempotency_key=f"i2v-fanout:{parent}:{index}:{digest}",
+        )
         runs.append(run)
         logger.info(
             "shard %d/%d: %d rows (lines %d-%d) as flow run %s",
@@ -213,11 +227,29 @@ async def _launch(
     return runs
 
 
+async def _check_deployment(deployment: str) -> None:
+    """The shard deployment exists (before any shard is created)."""
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"deployment {deployment!r} not found: deploy it with `prefect deploy --all "
+                "--prefect-file deployments/prefect.yaml`, or pass `deployment`"
+            ) from None
+
+
 async def _wait(
     runs: list[FlowRun], shards: list[list[int]], reporter: ProgressReporter
 ) -> list[FlowRun]:
-    """Poll the shards' flow runs until each is final; log each state change once."""
+    """Poll the shards' flow runs until each is final; log each state change once.
+
+    A running shard that stops sending heartbeats (its machine or worker was lost) is
+    marked Crashed here, so the fan-out never waits for a run nobody runs any more.
+    """
     logger = get_run_logger()
+    me = runtime_flow_run.get_id()
+    next_check = time.monotonic() + HEARTBEAT_CHECK_S
     latest: dict[UUID, FlowRun] = {run.id: run for run in runs}
     index = {run.id: i for i, run in enumerate(runs)}
     seen: dict[UUID, str] = {}
@@ -247,6 +279,20 @@ async def _wait(
                     reporter.advance(len(shards[i]), status=name.lower())
             if not pending:
                 break
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + HEARTBEAT_CHECK_S
+                live = [latest[r] for r in pending]
+                lost = await mark_lost_runs(client, live, HEARTBEAT_S, me=UUID(me) if me else None)
+                for run_id, why in (lost or {}).items():
+                    logger.warning(
+                        "shard %d/%d (%s) marked Crashed: %s; not waiting for it",
+                        index[run_id] + 1,
+                        len(runs),
+                        latest[run_id].name,
+                        why,
+                    )
+                if lost:
+                    continue  # read their new state at once
             started = any(seen.get(r) not in ("Scheduled", "Late", "Pending") for r in pending)
             if not warned and not started and time.monotonic() - waited_since > NO_WORKER_WARNING_S:
                 warned = True

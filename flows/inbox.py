@@ -13,8 +13,11 @@ inputs already landed cost nothing), while re-uploading the same bytes does not.
 A crashed or failed run is not recorded: its claim is released and the next tick retries.
 Two runs ticking together (two workers, an overlapping schedule) claim with an atomic
 create / compare-and-swap (S3 conditional writes; a file lock for a folder), so only one
-processes a manifest; a claim older than the lease (default 6 h) is presumed dead and
-taken over.
+processes a manifest. A claim left by a run that could not release it (its machine
+died) is taken over at the next tick once Prefect says that flow run is over: Crashed
+or otherwise final, deleted, or Running but silent past its heartbeats (the tick marks
+it Crashed). A claim whose run Prefect cannot judge is presumed dead after the lease
+(default 6 h).
 """
 
 from __future__ import annotations
@@ -23,25 +26,31 @@ import asyncio
 import contextlib
 import hashlib
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
 from flows.authority import check_worker_settings
 from flows.batch import i2v_batch
-from flows.common import s3_client_for
+from flows.common import mark_lost_runs, own_heartbeat_s, s3_client_for
 from i2v.config import BatchOptions
 from i2v.errors import I2VError
 from i2v.ledger import (
     DEFAULT_LEASE_HOURS,
     Decision,
+    Holder,
     Ledger,
     LedgerEntry,
     carried_history,
     decide,
     dest_for,
+    held_by_another,
     list_manifests,
 )
 from i2v.state import utcnow
@@ -60,6 +69,7 @@ class InboxReport(BaseModel):
     processed: list[LedgerEntry] = Field(default_factory=list)
     already_done: list[str] = Field(default_factory=list)
     claimed_elsewhere: list[str] = Field(default_factory=list)
+    taken_over: list[str] = Field(default_factory=list)  # claims of runs that are gone
     failed: dict[str, str] = Field(default_factory=dict)
     not_configured: str | None = None  # why the tick did nothing: what to set
 
@@ -79,7 +89,8 @@ async def i2v_inbox(
         dest_root: A folder or `s3://bucket/prefix/`; each manifest gets its own DEST
             under it, and the ledger lives in its `_inbox/`.
         options: Batch options for every manifest.
-        lease_hours: A claim older than this is presumed dead and taken over.
+        lease_hours: A claim whose flow run Prefect cannot judge (not found is judged:
+            gone) is presumed dead after this long and taken over.
 
     A tick whose inbox or dest_root is not set (deployed without I2V_INBOX /
     I2V_DEST_ROOT) does nothing, says once what to set, and completes: a schedule
@@ -115,7 +126,10 @@ async def i2v_inbox(
             continue
         sha = hashlib.sha256(data).hexdigest()
         entry, token = await asyncio.to_thread(ledger.get, name)
-        decision = decide(entry, sha, me, now=datetime.now(UTC), lease=lease)
+        holder = Holder.UNKNOWN
+        if entry is not None and held_by_another(entry, sha, me):
+            holder = await _holder(entry, me)
+        decision = decide(entry, sha, me, now=datetime.now(UTC), lease=lease, holder=holder)
         if decision is Decision.DONE:
             report.already_done.append(name)
             continue
@@ -129,6 +143,15 @@ async def i2v_inbox(
             )
             report.claimed_elsewhere.append(name)
             continue
+        if holder is Holder.GONE:
+            assert entry is not None
+            logger.warning(
+                "%s: claimed by flow run %s, which is over without having released it; "
+                "taking the claim over",
+                name,
+                entry.flow_run_id,
+            )
+            report.taken_over.append(name)
         dest = dest_for(root, name)
         claim = LedgerEntry(
             name=name,
@@ -139,6 +162,7 @@ async def i2v_inbox(
             claimed_at=utcnow(),
             dest=dest,
             history=carried_history(entry),
+            heartbeat_s=own_heartbeat_s(),
         )
         if not await asyncio.to_thread(ledger.replace, name, claim, token):
             logger.info("%s: claimed by another run a moment ago; skipping", name)
@@ -195,3 +219,46 @@ async def i2v_inbox(
             + "; ".join(f"{k}: {v}" for k, v in report.failed.items())
         )
     return report
+
+
+async def _holder(entry: LedgerEntry, me: str) -> Holder:
+    """What the Prefect API says of the flow run holding `entry`'s claim. One that is
+    Running but silent past its heartbeats is marked Crashed here: its machine is gone."""
+    try:
+        run_id = UUID(entry.flow_run_id)
+    except ValueError:  # a run outside the API ("local"): only the lease can tell
+        return Holder.UNKNOWN
+    try:
+        async with get_client() as client:
+            try:
+                run = await client.read_flow_run(run_id)
+            except ObjectNotFound:
+                return Holder.GONE
+            if run.state is None:
+                return Holder.UNKNOWN
+            if run.state.is_final():
+                return Holder.GONE
+            if run.state.type != StateType.RUNNING:
+                return Holder.UNKNOWN
+            lost = await mark_lost_runs(client, [run], entry.heartbeat_s, me=_uuid(me))
+    except Exception as exc:  # the API did not answer: the lease decides
+        get_run_logger().warning(
+            "could not ask about flow run %s (%s: %s); its claim stands until the lease ends",
+            run_id,
+            type(exc).__name__,
+            exc,
+        )
+        return Holder.UNKNOWN
+    if lost is None:
+        return Holder.UNKNOWN
+    if run_id in lost:
+        get_run_logger().warning("flow run %s marked Crashed: %s", run_id, lost[run_id])
+        return Holder.GONE
+    return Holder.LIVE
+
+
+def _uuid(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None

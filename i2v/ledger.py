@@ -4,7 +4,9 @@ One small JSON object per manifest name under DEST_ROOT/_inbox/. It holds the
 manifest's sha256, so re-uploading different content under the same name processes it
 again, while re-uploading the same bytes does not. Runs ticking together claim with the
 storage's conditional writes (create if absent, compare-and-swap), so only one
-processes a manifest; a claim older than the lease is presumed dead and taken over.
+processes a manifest. A claim whose flow run is gone (Crashed, ended, deleted, or
+silent past its heartbeats: the flow asks Prefect) is taken over at once; a live run's
+claim is respected; one nobody can vouch for is presumed dead after the lease.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class LedgerEntry(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     spent_usd: float = 0.0
     results_uri: str | None = None
+    # How often the claiming flow run sends heartbeats (None: it sends none, or an
+    # older entry): what its silence is judged by.
+    heartbeat_s: int | None = None
     # Earlier contents processed under this name, newest last (bounded).
     history: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -49,6 +54,14 @@ class Decision(StrEnum):
     CLAIMED = "claimed"  # another live run holds it
 
 
+class Holder(StrEnum):
+    """What the orchestrator says of the flow run holding a claim."""
+
+    LIVE = "live"  # running, its heartbeats fresh
+    GONE = "gone"  # ended (Crashed, Failed, Cancelled, Completed) or no such flow run
+    UNKNOWN = "unknown"  # not asked, or no answer to judge by: the lease decides
+
+
 def decide(
     entry: LedgerEntry | None,
     sha256: str,
@@ -56,16 +69,33 @@ def decide(
     *,
     now: datetime,
     lease: timedelta,
+    holder: Holder = Holder.UNKNOWN,
 ) -> Decision:
-    """What a tick does with a manifest whose content hashes to `sha256`."""
+    """What a tick does with a manifest whose content hashes to `sha256`, given what
+    the orchestrator said of the flow run holding its claim (`holder`)."""
     if entry is None or entry.sha256 != sha256:
         return Decision.CLAIM
     if entry.status == "done":
         return Decision.DONE
     if entry.flow_run_id == me:  # this very run, retried by Prefect
         return Decision.CLAIM
+    if holder is Holder.GONE:  # its machine died, or it failed before releasing
+        return Decision.CLAIM
+    if holder is Holder.LIVE:  # still at it, however long that takes
+        return Decision.CLAIMED
     claimed = datetime.fromisoformat(entry.claimed_at.replace("Z", "+00:00"))
     return Decision.CLAIM if now - claimed > lease else Decision.CLAIMED
+
+
+def held_by_another(entry: LedgerEntry | None, sha256: str, me: str) -> bool:
+    """Whether `decide` would need to know about the claim's flow run: a claim on this
+    content by another run."""
+    return (
+        entry is not None
+        and entry.sha256 == sha256
+        and entry.status == "claimed"
+        and entry.flow_run_id != me
+    )
 
 
 class Ledger:

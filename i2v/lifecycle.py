@@ -93,7 +93,7 @@ async def triage(ctx: RunContext, jobs: Sequence[Job], workers: int = 32) -> Non
             if job.action is Action.DONE and present is None:
                 present = frozenset(await asyncio.to_thread(ctx.dest.list, "videos/"))
             if job.action in (Action.FINAL, Action.HOLD_AMBIGUOUS) or (
-                job.action is Action.DONE and _all_videos_in(job, record, present or ())
+                job.action is Action.DONE and all_videos_in(job, record, present or ())
             ):
                 job.outcome, job.record = outcome_of(record).settled(), None
 
@@ -176,7 +176,7 @@ def _log_outcome(ctx: RunContext, job: Job, outcome: JobOutcome) -> None:
         ctx.log.info("%s: %s (a copy of %s)%s", extra.row_id, outcome.status, job.name, why)
 
 
-def _all_videos_in(job: Job, record: InputRecord | None, present: Container[str]) -> bool:
+def all_videos_in(job: Job, record: InputRecord | None, present: Container[str]) -> bool:
     """The landed video and every duplicate row's copy are in DEST."""
     return (
         record is not None

@@ -1,8 +1,9 @@
 """Fan-out without Prefect: split a manifest into shards and merge their tables.
 
 Rows with the same input identity always go to the same shard, so shards never race
-for an input; the merged table is in manifest order, and rows of a shard that left no
-table come back as not_submitted with the shard's fate as the reason.
+for an input; the merged table is in manifest order. Rows of a shard that left no table
+(it crashed, or its machine was lost) come back as landed when their records say the
+shard landed them, otherwise as not_submitted with the shard's fate as the reason.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from i2v.errors import ConfigError
-from i2v.results import DTYPES, RunSummary, result_rows, table_columns
-from i2v.run import RowPlan, RowStatus
+from i2v.concurrency import parallel_map
+from i2v.config import BatchOptions
+from i2v.errors import ConfigError, StorageError
+from i2v.lifecycle import all_videos_in, outcome_of
+from i2v.results import DTYPES, RunSummary, result_rows, status_counts, table_columns
+from i2v.rows import group_jobs
+from i2v.run import Job, RowPlan, RowStatus
+from i2v.state import InputRecord, Phase, StateStore
 from i2v.storage import Storage
 
 if TYPE_CHECKING:
@@ -83,11 +89,13 @@ def merge_shards(
     plans: Sequence[RowPlan],
     shards: list[list[int]],
     runs: Sequence[ShardRun],
-    model: str,
+    options: BatchOptions,
     extra_columns: Sequence[str],
 ) -> tuple[pd.DataFrame, list[ShardReport]]:
-    """One table in manifest order from the shards' run tables; rows of a shard that left
-    no table come back as not_submitted with the shard's fate as the error."""
+    """One table in manifest order from the shards' run tables. Rows of a shard that
+    left no table are landed when their records say so (with every video in DEST), else
+    not_submitted with the shard's fate as the error."""
+    model = str(options.model)
     by_line = {p.row.line: p for p in plans}
     run_dirs = sorted({k.split("/")[1] for k in storage.list("runs/") if k.count("/") >= 2})
     frames: list[pd.DataFrame] = []
@@ -122,12 +130,17 @@ def merge_shards(
         if missing:
             why = (
                 f"shard {i}/{len(shards)} (flow run {run.name}) ended {state}"
-                + (f": {report.message}" if report.message else "")
-                + " without a result for this row; it was not processed. Rerun the fan-out: "
-                "inputs already paid for are not paid again"
+                + (f" ({report.message})" if report.message else "")
+                + " before this row's result was known; not processed. Run the fan-out "
+                "again: inputs already paid for are not paid again"
             )
-            lost = result_rows(missing, [], model=model, dest=storage, extra_columns=extra_columns)
+            landed = _landed_by_records(storage, missing, options)
+            lost = result_rows(
+                missing, landed, model=model, dest=storage, extra_columns=extra_columns
+            )
             lost.loc[lost["status"] == str(RowStatus.NOT_SUBMITTED), "error"] = why
+            if table is None:
+                report.counts = {k: v for k, v in status_counts(lost).items() if v}
             frames.append(lost)
         reports.append(report)
     columns = table_columns(extra_columns)
@@ -141,6 +154,33 @@ def merge_shards(
     for col in columns:
         frame[col] = frame[col].astype(DTYPES.get(col, "string"))  # type: ignore[call-overload]
     return frame, reports
+
+
+def _landed_by_records(
+    storage: Storage, plans: Sequence[RowPlan], options: BatchOptions
+) -> list[Job]:
+    """The jobs of `plans` (rows a shard left no result for) that the shard landed
+    before it ended: their records say landed and every row's video is in DEST."""
+    jobs = group_jobs(plans, options)
+    store = StateStore(storage)
+
+    def record(identity: str) -> InputRecord | None:
+        try:
+            return store.get(identity)
+        except StorageError:  # unreadable: not shown as landed; the rerun says why
+            return None
+
+    records = parallel_map(record, [job.identity for job in jobs], 16)
+    landed = [
+        (job, rec)
+        for job, rec in zip(jobs, records, strict=True)
+        if rec and rec.phase is Phase.LANDED
+    ]
+    present = frozenset(storage.list("videos/")) if landed else frozenset()
+    for job, rec in landed:
+        if all_videos_in(job, rec, present):
+            job.outcome = outcome_of(rec).settled()
+    return [job for job, _ in landed if job.outcome is not None]
 
 
 def _shard_table(

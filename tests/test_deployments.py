@@ -15,201 +15,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 import pytest
 
 from i2v.models import MODELS
-from tests.helpers import EXAMPLES, REPO, TEST_API_KEY, free_port
+from tests.helpers import EXAMPLES, REPO, TEST_API_KEY
+from tests.prefect_stack import POOL, Stack, all_logs, client_for, running_stack
 
 pytestmark = [pytest.mark.timeout(420)]
 
-BIN = Path(sys.executable).parent
-POOL = "i2v-process"
 LIMIT = 3
 WORKERS = ("i2v-w1", "i2v-w2")
 SECRET_BLOCK = "atlascloud-test-key"
 SECRET_VALUE = f"sk-block-{uuid.uuid4().hex}"
-DEPLOYMENTS = ("i2v-batch/batch", "i2v-fanout/fanout", "i2v-inbox/inbox", "i2v-shard/shard")
-
-
-@dataclass
-class Stack:
-    """The server, its environment for child processes, and what was started."""
-
-    url: str
-    env: dict[str, str]
-    logs: Path
-    sim: Any  # the Atlas simulator the workers allow (I2V_ALLOWED_BASE_URLS)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    deployments: dict[str, Any] = field(default_factory=dict)
-
-    def cli(self, *args: str, timeout: float = 120) -> str:
-        done = subprocess.run(
-            [str(BIN / "prefect"), "--no-prompt", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        out = done.stdout + done.stderr
-        assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{out}"
-        return out
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), *args],
-            cwd=self.logs,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: torn down as one
-        )
-        self.procs.append(proc)
-        return proc
-
-    def log_text(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _descendants(pids: set[int]) -> set[int]:
-    """All living descendants of `pids` (Linux /proc), so runs in their own sessions go too."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = list(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _teardown(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Stop every started process group and anything they spawned, whatever happened."""
-    tree = _descendants({p.pid for p in procs})
-    for proc in reversed(procs):  # workers before the server
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.1, deadline - time.monotonic()))
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _client(url: str) -> Any:
-    """A sync Prefect client for `url` (the session harness may point elsewhere)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    @contextlib.contextmanager
-    def opened() -> Iterator[Any]:
-        with (
-            temporary_settings(updates={PREFECT_API_URL: url}),
-            get_client(sync_client=True) as client,
-        ):
-            yield client
-
-    return opened()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A prefect server, the pool, the limit, the four deployments, the simulator and two
-    workers that allow it as their API."""
+    """A prefect server, the pool, the limit, the deployments, the lost-run automation,
+    the simulator and two workers that allow it as their API."""
     from i2v.simulator.server import start_simulator
 
-    home = tmp_path_factory.mktemp("prefect-home")
     inbox = tmp_path_factory.mktemp("inbox")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "I2V_"))}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        PREFECT_LOGGING_LEVEL="INFO",
-        # Busy slots answer "retry after N s", N up to 30 s by default: too coarse for
-        # 1-second predictions (production: see the README's concurrency notes).
-        PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="1",
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PREFECT_WORKER_HEARTBEAT_SECONDS="5",
-        I2V_INBOX=str(inbox),
-        I2V_DEST_ROOT=str(inbox / "out"),
-        # Wrong on purpose: the runs must take the key from the Secret block.
-        ATLASCLOUD_API_KEY=TEST_API_KEY,
-    )
     sim = start_simulator(port=0, latency_s=1.0, api_key=SECRET_VALUE)
-    # The workers' own API stays ATLASCLOUD_BASE_URL (conftest: a dead port); the forms
-    # may name the simulator because the workers allow it.
-    env["I2V_ALLOWED_BASE_URLS"] = sim.url
-    s = Stack(url=url, env=env, logs=tmp_path_factory.mktemp("logs"), sim=sim)
+    env = {
+        "I2V_INBOX": str(inbox),
+        "I2V_DEST_ROOT": str(inbox / "out"),
+        # Wrong on purpose: the runs must take the key from the Secret block.
+        "ATLASCLOUD_API_KEY": TEST_API_KEY,
+        # The workers' own API stays ATLASCLOUD_BASE_URL (conftest: a dead port); the
+        # forms may name the simulator because the workers allow it.
+        "I2V_ALLOWED_BASE_URLS": sim.url,
+    }
+    home, logs = tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("logs")
     try:
-        s.spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert s.procs[0].poll() is None, s.log_text("server")
-            assert time.monotonic() < deadline, "server did not start:\n" + s.log_text("server")
-            time.sleep(0.5)
-        s.cli(
-            "work-pool",
-            "create",
-            POOL,
-            "--type",
-            "process",
-            "--base-job-template",
-            "deployments/process-pool.json",  # a run cannot set env or command
-        )
-        s.cli("gcl", "create", "atlascloud", "--limit", str(LIMIT))
-        s.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=180)
-        with _client(url) as client:
-            for name in DEPLOYMENTS:
-                s.deployments[name] = client.read_deployment_by_name(name)
-            # The inbox schedule would tick every 10 minutes: not during this test.
-            inbox_dep = s.deployments["i2v-inbox/inbox"]
-            for sched in inbox_dep.schedules:
-                client.update_deployment_schedule(inbox_dep.id, sched.id, active=False)
-        for name in WORKERS:
-            s.spawn(name, "worker", "start", "--pool", POOL, "--name", name, "--limit", "3")
-        yield s
+        with running_stack(home, logs, limit=LIMIT, env=env) as s:
+            s.sim = sim
+            s.cli("automation", "create", "--from-file", "deployments/automations.yaml")
+            for name in WORKERS:
+                s.worker(name, limit=3)
+            yield s
     finally:
-        _teardown(s.procs)
         sim.stop()
 
 
@@ -229,6 +84,27 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
         steps = dep.pull_steps or []
         assert steps, dep.name
         assert steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+
+    # The pool's locked template: every run sends a heartbeat every 30 s (a run whose
+    # machine dies is noticed), and no run may set env or command of its own.
+    with client_for(stack.url) as client:
+        template = client.read_work_pool(POOL).base_job_template
+    assert template["job_configuration"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    assert set(template["variables"]["properties"]) == {"name", "labels", "stream_output"}
+
+    # deployments/automations.yaml as the server took it: silent runs of i2v deployments
+    # (not every flow run: a CLI run beats every 180 s) are marked Crashed after 90 s.
+    with client_for(stack.url) as client:
+        [lost] = client.read_automations_by_name("i2v-crash-lost-runs")
+    assert lost.enabled and lost.trigger.posture == "Proactive"
+    assert lost.trigger.within.total_seconds() == 90
+    assert lost.trigger.after == {"prefect.flow-run.heartbeat"}
+    assert "prefect.flow-run.Completed" in lost.trigger.expect
+    related = [dict(m.root) for m in lost.trigger.match_related]
+    assert {"prefect.resource.role": "deployment"} in related
+    assert {"prefect.resource.id": "prefect.tag.i2v"} in related
+    assert [a.type for a in lost.actions] == ["change-flow-run-state"]
+    assert lost.actions[0].state == "CRASHED"
 
     schema = batch.parameter_openapi_schema
     props = schema["properties"]
@@ -282,7 +158,7 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
     # enforce_parameter_schema: the server refuses a duration the model cannot do.
     from prefect.exceptions import PrefectHTTPStatusError
 
-    with _client(stack.url) as client, pytest.raises(PrefectHTTPStatusError) as info:
+    with client_for(stack.url) as client, pytest.raises(PrefectHTTPStatusError) as info:
         client.create_flow_run_from_deployment(
             batch.id, parameters={"source": "x.csv", "dest": "out", "options": {"duration": 7}}
         )
@@ -293,7 +169,7 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
 
     from prefect.states import Scheduled
 
-    with _client(stack.url) as client:
+    with client_for(stack.url) as client:
         later = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=30))
         run = client.create_flow_run_from_deployment(
             batch.id,
@@ -370,7 +246,7 @@ def test_a_form_cannot_send_the_key_elsewhere(stack: Stack, tmp_path: Path) -> N
             "base_url": {"api": {"base_url": listener.url, "api_key_secret_block": SECRET_BLOCK}},
             "outside": {"allow_outside_base": True, "api": {"api_key_secret_block": SECRET_BLOCK}},
         }
-        with _client(stack.url) as client:
+        with client_for(stack.url) as client:
             # The pool's locked template: a run cannot set the worker's environment (nor
             # its command) through job variables; the server refuses it.
             from prefect.exceptions import PrefectHTTPStatusError
@@ -399,7 +275,7 @@ def test_a_form_cannot_send_the_key_elsewhere(stack: Stack, tmp_path: Path) -> N
                 for name, options in forms.items()
             }
             runs = {name: _wait_final(client, run.id) for name, run in created.items()}
-            logs = _all_logs(client)
+            logs = all_logs(client)
     finally:
         listener.close()
 
@@ -446,15 +322,6 @@ def _manifest(folder: Path) -> tuple[Path, int]:
     return path, 23
 
 
-def _all_logs(client: Any) -> list[Any]:
-    logs: list[Any] = []
-    while True:
-        page = client.read_logs(limit=200, offset=len(logs))
-        logs += page
-        if len(page) < 200:
-            return logs
-
-
 @pytest.mark.server
 def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: Path) -> None:
     from prefect.blocks.system import Secret
@@ -474,7 +341,7 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
         "api": {"base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
     }
     started = time.monotonic()
-    with _client(stack.url) as client:
+    with client_for(stack.url) as client:
         parent = client.create_flow_run_from_deployment(
             stack.deployments["i2v-fanout/fanout"].id,
             parameters={
@@ -495,7 +362,7 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
                     f"\n{stack.log_text(WORKERS[1])[-4000:]}"
                 )
             time.sleep(1)
-        logs = _all_logs(client)
+        logs = all_logs(client)
         shard_runs = [
             r
             for r in client.read_flow_runs(limit=200)
@@ -621,13 +488,15 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     from i2v.rows import group_jobs
     from i2v.run import JobOutcome, RowStatus
     from i2v.shards import ShardRun, merge_shards
+    from i2v.state import InputRecord, Phase, StateStore
     from i2v.storage import open_storage
 
-    plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5)]
+    plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5, 6)]
     plans[1].error, plans[1].identity = "picture too small", None  # line 3: rejected
     for p in plans:
         p.picture = object()  # type: ignore[assignment]
     storage = open_storage(tmp_path / "dest")
+    options = BatchOptions.model_validate({})
     ok_id = str(uuid.uuid4())
     ok = ShardRun(flow_run_id=ok_id, name="ok-shard", state="Completed")
     dead = ShardRun(
@@ -636,23 +505,41 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
         state="Crashed",
         message="worker lost",
     )
-    # Shard 1 (lines 4, 5) finished and wrote its run table; shard 2 (2, 3) left none.
-    jobs = group_jobs([plans[2], plans[3]], BatchOptions.model_validate({}))
+    # Shard 1 (lines 4, 5) finished and wrote its run table; shard 2 (2, 3, 6) left none,
+    # but it had landed line 6 (record and video in DEST) and submitted line 2.
+    jobs = group_jobs([plans[2], plans[3]], options)
     for job in jobs:
         job.outcome = JobOutcome(RowStatus.LANDED)
     table = result_rows([plans[2], plans[3]], jobs, model="m", dest=storage, extra_columns=[])
     write_tables(storage, table, f"20260101T000000Z-{ok_id[:8]}", publish=False)
+    store = StateStore(storage)
+    store.put(
+        InputRecord(
+            identity="id6",
+            model="m",
+            phase=Phase.LANDED,
+            prediction_id="p6",
+            video_key="videos/r6.mp4",
+            cost_usd=0.28,
+        )
+    )
+    storage.write_bytes("videos/r6.mp4", b"\x00\x00\x00\x18ftypmp42")
+    store.put(InputRecord(identity="id2", model="m", phase=Phase.SUBMITTED, prediction_id="p2"))
 
-    frame, reports = merge_shards(storage, plans, [[4, 5], [2, 3]], [ok, dead], "m", [])
-    assert list(frame["line"]) == [2, 3, 4, 5]
+    frame, reports = merge_shards(storage, plans, [[4, 5], [2, 3, 6]], [ok, dead], options, [])
+    assert list(frame["line"]) == [2, 3, 4, 5, 6]
     by_line = frame.set_index("line")
     assert list(by_line.loc[[4, 5], "status"]) == ["landed", "landed"]
     assert by_line.loc[3, "status"] == "rejected"  # its own reason, whatever the shard did
+    assert by_line.loc[6, "status"] == "landed", "its record says the lost shard landed it"
+    assert by_line.loc[6, "prediction_id"] == "p6" and by_line.loc[6, "cost_usd"] == 0.28
     assert by_line.loc[2, "status"] == "not_submitted"
     assert "dead-shard" in by_line.loc[2, "error"] and "Crashed" in by_line.loc[2, "error"]
     assert "worker lost" in by_line.loc[2, "error"]
+    assert "Run the fan-out again" in by_line.loc[2, "error"]
     assert [r.state for r in reports] == ["Completed", "Crashed"]
     assert reports[0].run_id and reports[1].run_id is None
+    assert reports[1].counts == {"landed": 1, "not_submitted": 1, "rejected": 1}
 
 
 @pytest.mark.usefixtures("prefect_harness")

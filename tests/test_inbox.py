@@ -9,6 +9,7 @@ import functools
 import hashlib
 import io
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ import pytest
 
 from flows.inbox import InboxFailed, InboxReport, i2v_inbox
 from i2v.config import BatchOptions
-from i2v.ledger import Decision, Ledger, LedgerEntry, carried_history, decide, dest_for
+from i2v.ledger import (
+    Decision,
+    Holder,
+    Ledger,
+    LedgerEntry,
+    carried_history,
+    decide,
+    dest_for,
+    held_by_another,
+)
 from i2v.storage import open_storage
 from tests.helpers import EXAMPLES
 from tests.helpers import options_for as batch_options_for
@@ -71,24 +81,43 @@ def _entry(**changes: Any) -> LedgerEntry:
     return LedgerEntry.model_validate({**base, **changes})
 
 
+CLAIMED = {"status": "claimed"}
+
+
 @pytest.mark.parametrize(
-    ("entry", "sha", "me", "hours_later", "expected"),
+    ("entry", "sha", "me", "hours_later", "holder", "expected"),
     [
-        (None, "s1", "run-b", 0, Decision.CLAIM),
-        ({}, "s1", "run-b", 0, Decision.DONE),
-        ({}, "s2", "run-b", 0, Decision.CLAIM),  # same name, new content
-        ({"status": "claimed"}, "s1", "run-b", 1, Decision.CLAIMED),
-        ({"status": "claimed"}, "s1", "run-b", 7, Decision.CLAIM),  # lease (6 h) expired
-        ({"status": "claimed"}, "s1", "run-a", 1, Decision.CLAIM),  # our own, retried
-        ({"status": "claimed"}, "s2", "run-b", 1, Decision.CLAIM),  # re-uploaded meanwhile
+        (None, "s1", "run-b", 0, Holder.UNKNOWN, Decision.CLAIM),
+        ({}, "s1", "run-b", 0, Holder.UNKNOWN, Decision.DONE),
+        ({}, "s1", "run-b", 0, Holder.GONE, Decision.DONE),  # done stays done
+        ({}, "s2", "run-b", 0, Holder.UNKNOWN, Decision.CLAIM),  # same name, new content
+        (CLAIMED, "s1", "run-b", 1, Holder.UNKNOWN, Decision.CLAIMED),
+        (CLAIMED, "s1", "run-b", 7, Holder.UNKNOWN, Decision.CLAIM),  # lease (6 h) expired
+        (CLAIMED, "s1", "run-a", 1, Holder.UNKNOWN, Decision.CLAIM),  # our own, retried
+        (CLAIMED, "s2", "run-b", 1, Holder.UNKNOWN, Decision.CLAIM),  # re-uploaded meanwhile
+        # What Prefect says of the claiming run decides before the lease does.
+        (CLAIMED, "s1", "run-b", 0, Holder.GONE, Decision.CLAIM),  # crashed / deleted
+        (CLAIMED, "s1", "run-b", 1, Holder.LIVE, Decision.CLAIMED),
+        (CLAIMED, "s1", "run-b", 7, Holder.LIVE, Decision.CLAIMED),  # a long, live run
     ],
 )
 def test_decide(
-    entry: dict[str, Any] | None, sha: str, me: str, hours_later: float, expected: Decision
+    entry: dict[str, Any] | None,
+    sha: str,
+    me: str,
+    hours_later: float,
+    holder: Holder,
+    expected: Decision,
 ) -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hours_later)
     found = None if entry is None else _entry(**entry)
-    assert decide(found, sha, me, now=now, lease=timedelta(hours=6)) is expected
+    got = decide(found, sha, me, now=now, lease=timedelta(hours=6), holder=holder)
+    assert got is expected
+    # The flow asks Prefect only about a claim on this content by another run.
+    asked = held_by_another(found, sha, me)
+    assert asked == (
+        found is not None and found.status == "claimed" and sha == "s1" and me != "run-a"
+    )
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
@@ -264,6 +293,79 @@ def test_claims_by_other_runs_are_respected_until_the_lease_ends(
     taken = tick(str(inbox), str(tmp_path / "out"), opts)
     assert [e.name for e in taken.processed] == ["m.csv"]
     assert simulator.stats.jobs_created == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.timeout(300)
+def test_claims_of_runs_that_are_gone_are_taken_over_at_the_next_tick(
+    simulator: Any, tmp_path: Path
+) -> None:
+    """Claims held by a Crashed flow run and by a flow run id that does not exist are
+    processed at once, not after the 6 h lease; a Running flow run that sends heartbeats
+    keeps its claim, even one older than the lease. (A Running run gone silent is marked
+    Crashed by the same rule as a fan-out's shards: tests/test_lost_worker.py.)"""
+    from uuid import uuid4
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.states import Crashed, Running
+
+    @flow(name="inbox-claimer")
+    def claimer() -> None:
+        """Only a name for flow runs made through the API."""
+
+    with get_client(sync_client=True) as client:
+        crashed = client.create_flow_run(claimer, state=Running())
+        client.set_flow_run_state(crashed.id, Crashed(message="its machine died"))
+        live = client.create_flow_run(claimer, state=Running())
+    beat = {"prefect.resource.id": f"prefect.flow-run.{live.id}"}
+    emit_event("prefect.flow-run.heartbeat", resource=beat)
+    wanted = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[beat["prefect.resource.id"]]),
+    )
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while not client.read_events(filter=wanted, limit=10).events:  # written async
+            assert time.monotonic() < deadline, "the heartbeat never reached the server"
+            time.sleep(0.5)
+
+    now = datetime.now(UTC)
+    holders = {
+        "crashed.csv": (str(crashed.id), now - timedelta(minutes=5)),
+        "ghost.csv": (str(uuid4()), now - timedelta(minutes=5)),
+        "live.csv": (str(live.id), now - timedelta(hours=7)),  # past the lease, alive
+    }
+    inbox = local_inbox(tmp_path, PICTURES, [])
+    (inbox / "m.csv").unlink()
+    out = open_storage(tmp_path / "out")
+    for i, (name, (holder, claimed_at)) in enumerate(holders.items()):
+        data = manifest_csv([(f"m{i}", PICTURES[i], f"slow orbit, take {i}")])
+        (inbox / name).write_bytes(data)
+        claim = _entry(
+            name=name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            status="claimed",
+            flow_run_id=holder,
+            claimed_at=claimed_at.isoformat(),
+            heartbeat_s=30,
+        )
+        assert Ledger(out).create(name, claim)
+
+    report = tick(str(inbox), str(tmp_path / "out"), options_for(simulator))
+    assert sorted(e.name for e in report.processed) == ["crashed.csv", "ghost.csv"]
+    assert sorted(report.taken_over) == ["crashed.csv", "ghost.csv"]
+    assert report.claimed_elsewhere == ["live.csv"]
+    assert simulator.stats.jobs_created == 2
+    with get_client(sync_client=True) as client:
+        alive = client.read_flow_run(live.id).state
+        assert alive is not None and alive.is_running(), "a live run was marked"
+    entry = json.loads((tmp_path / "out" / "_inbox" / "ghost.csv.json").read_text())
+    assert entry["status"] == "done" and entry["heartbeat_s"] >= 30
+    held = json.loads((tmp_path / "out" / "_inbox" / "live.csv.json").read_text())
+    assert held["status"] == "claimed" and held["flow_run_id"] == str(live.id)
 
 
 @pytest.mark.usefixtures("prefect_harness")
