@@ -127,9 +127,25 @@ class Ledger:
         return created is not None
 
     def replace(self, name: str, entry: LedgerEntry, token: str | None) -> bool:
-        """Write `entry` only if the object is still the one read with `token`."""
+        """Write `entry` only if the object is still the one read with `token`.
+
+        A write whose answer was lost is resent by the storage and refused (the object
+        moved on: to this very entry). Reading back tells: the same run and claim time
+        mean it was ours, so a tick never skips the claim it just took.
+        """
         written = self.storage.replace_if(self.key(name), _dump(entry), token, content_type=_JSON)
-        return written is not None
+        if written is not None:
+            return True
+        current, _ = self.get(name)
+        return current is not None and (
+            current.flow_run_id,
+            current.claimed_at,
+            current.status,
+        ) == (
+            entry.flow_run_id,
+            entry.claimed_at,
+            entry.status,
+        )
 
     def put(self, name: str, entry: LedgerEntry) -> None:
         self.storage.write_bytes(self.key(name), _dump(entry), content_type=_JSON)

@@ -336,3 +336,28 @@ def test_a_dest_that_does_not_answer_is_a_transient_error(hop: S3Hop, s3_bucket:
     with pytest.raises(StorageError) as info:
         missing.write_bytes("a.json", b"{}")
     assert not isinstance(info.value, StorageUnavailable)
+
+
+def test_an_inbox_claim_whose_answer_was_lost_is_ours(hop: S3Hop, s3_bucket: str) -> None:
+    """The inbox ledger's claim is stored and its answer lost; the resend is refused.
+    Reading back shows this run's claim: the tick processes the manifest, never skips
+    it as "claimed by another run" (which would hold it until the claim expired)."""
+    from i2v.ledger import Ledger, LedgerEntry
+
+    ledger = Ledger(open_storage(f"s3://{s3_bucket}/results"))
+    hop.lose = lambda method, path: (
+        method == "PUT" and "/_inbox/" in path and not hop.stats.lost_answers
+    )
+    claim = LedgerEntry(
+        name="a.csv",
+        manifest="s3://b/inbox/a.csv",
+        sha256="s",
+        status="claimed",
+        flow_run_id="run-a",
+        claimed_at="2026-12-03T00:00:00.000Z",
+        dest="s3://b/results/a/",
+    )
+    assert ledger.replace("a.csv", claim, None), "our own claim taken for another run's"
+    assert hop.stats.lost_answers == 1
+    other = claim.model_copy(update={"flow_run_id": "run-b"})
+    assert not ledger.replace("a.csv", other, None)
