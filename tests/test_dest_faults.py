@@ -24,7 +24,7 @@ from i2v.errors import DestUnreachable
 from i2v.journal import left_for, read_journal
 from i2v.state import InputRecord, Phase, StateStore
 from i2v.storage import open_storage
-from tests.helpers import options_for, run_batch, when, write_manifest
+from tests.helpers import options_for, read_artifacts, run_batch, when, write_manifest
 from tests.s3hop import S3Hop
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -210,6 +210,10 @@ def test_a_dest_outage_longer_than_the_wait_keeps_the_ids_for_the_rerun(
     assert len(paid) == 6 and all(e.record.prediction_id for e in paid)
     # The rows that gave up waiting for their claim: withdrawn by the rerun if there.
     assert all(not e.record.prediction_id for e in kept.values() if not e.posted)
+    # The ids are in the run's artifact too, with the file to attach elsewhere.
+    [kept_md] = read_artifacts(key="i2v-kept")[:1]
+    assert str(journal) in kept_md.data
+    assert all(e.record.prediction_id in kept_md.data for e in paid)
     # In DEST the six claims still say `submitting`: without the journal, ambiguous.
     in_dest = s3_records(s3_bucket, "out", s3_endpoint)
     assert sorted(r["phase"] for r in in_dest) == ["submitting"] * 6, [
