@@ -177,6 +177,8 @@ def test_a_lost_worker_fails_the_fanout_in_minutes_and_a_rerun_finishes_it(
     stack: Stack, workers: Callable[[str, int], Any], make_simulator: Any, tmp_path: Path
 ) -> None:
     sim = make_simulator(latency_s=1.5, latency_jitter_s=0.5, generate_delay_s=0.3)
+    # The form names the simulator as api.base_url: the workers must allow it.
+    stack.env["I2V_ALLOWED_BASE_URLS"] = sim.url
     dest = tmp_path / "dest"
     rows = SHARDS * PER_SHARD
     with client_for(stack.url) as client:
@@ -281,6 +283,8 @@ def test_a_lost_parent_is_replaced_by_a_new_fanout_run_without_paying_twice(
     # The shipped automation, for what no fan-out watches: here, the lost parent itself.
     stack.cli("automation", "create", "--from-file", "deployments/automations.yaml")
     sim = make_simulator(latency_s=1.5, latency_jitter_s=0.5, generate_delay_s=0.3)
+    # The form names the simulator as api.base_url: the workers must allow it.
+    stack.env["I2V_ALLOWED_BASE_URLS"] = sim.url
     dest = tmp_path / "dest"
     rows = SHARDS * PER_SHARD
     with client_for(stack.url) as client:
