@@ -63,8 +63,7 @@ def _picture_hosts() -> list[Check]:
     """The internal hosts this worker lets picture URLs reach, when it names any."""
     from i2v.doctor import Check
     from i2v.errors import ConfigError
-    from i2v.netguard import PRIVATE_HOSTS_ENV
-    from i2v.private_hosts import worker_allowance
+    from i2v.private_hosts import PRIVATE_HOSTS_ENV, worker_allowance
 
     try:
         allowance = worker_allowance()
