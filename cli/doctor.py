@@ -138,9 +138,9 @@ def _key(options: Any) -> tuple[str | None, str]:
 
 
 def _dest_checks(options: Any, dest: str) -> list[Check]:
+    from i2v.dest import open_storage
     from i2v.doctor import Check, check_dest, check_s3
     from i2v.errors import ConfigError
-    from i2v.storage import open_storage
 
     checks: list[Check] = []
     s3 = None

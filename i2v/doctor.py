@@ -39,11 +39,12 @@ from i2v.errors import (
     StorageError,
     TransportError,
 )
+from i2v.local_storage import LocalStorage
 from i2v.models import ModelSpec, build_inputs, get_model
 from i2v.parsing import input_schema, listed_price, model_catalog, model_entry
 from i2v.preflight import PROBE_PREDICTION_ID
 from i2v.rows import model_options_of
-from i2v.storage import LocalStorage, Storage
+from i2v.storage import Storage
 
 OK_MARK, BAD_MARK = "✓", "✗"
 DOCTOR_PREFIX = "_doctor/"

@@ -46,7 +46,7 @@ from i2v.status_index import Entry, etag, indexed, load_index, save_index
 from i2v.storage import Storage
 
 if TYPE_CHECKING:
-    from i2v.s3 import S3Storage
+    from i2v.s3_storage import S3Storage
 
 READ_WORKERS = 64  # parallel record reads: S3 GETs are latency-bound, not CPU-bound
 LAST_RUNS = 10

@@ -39,13 +39,13 @@ from i2v.errors import (
 )
 from i2v.locations import presign_location, read_location
 from i2v.media import MAX_IMAGE_BYTES, check_mp4_file
+from i2v.memory import give_back_free_memory
 from i2v.models import build_inputs
 from i2v.netguard import provider_fetches
 from i2v.private_hosts import worker_allowance
 from i2v.qc import QcFacts, probe_video
 from i2v.run import Job, NotSubmitted, Rejected, RunAborted, RunContext, StopReason
 from i2v.state import HOST, NO_OUTPUT, PURGED, InputRecord, Phase, age_s, utcnow
-from i2v.storage import give_back_free_memory
 
 # A smaller video's landing leaves little free memory behind: not worth a trim per row.
 BIG_VIDEO_BYTES = 8 * MiB

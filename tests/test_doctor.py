@@ -273,7 +273,7 @@ def test_compare_schema_reads_refs_and_any_of_enums() -> None:
 
 def test_a_store_that_ignores_conditional_writes_is_refused(tmp_path: Path) -> None:
     from i2v.doctor import check_dest
-    from i2v.storage import LocalStorage
+    from i2v.local_storage import LocalStorage
 
     class LastWriterWins(LocalStorage):
         def write_if_absent(self, key: str, data: bytes, *, content_type: str | None = None) -> str:
