@@ -53,7 +53,8 @@ def status(
     from i2v.dest import open_storage
     from i2v.errors import ConfigError, StorageError
     from i2v.local_storage import LocalStorage
-    from i2v.status import dest_status, render_text
+    from i2v.status import dest_status
+    from i2v.status_render import render_text
 
     try:
         storage = open_storage(dest)

@@ -244,7 +244,7 @@ class S3Storage(Storage):
 
     def list_versions(self, prefix: str = "") -> dict[str, str]:
         """Key -> ETag of every object under `prefix`: a record's version, from the
-        listing alone (`i2v.status` reads only the records that changed)."""
+        listing alone (`i2v.status_read` reads only the records that changed)."""
         check_prefix(prefix)
         root = f"{self.prefix}/" if self.prefix else ""
 
