@@ -9,7 +9,7 @@
 The simulator (`python -m i2v.simulator.server`) and a moto server run as children on
 loopback. N predictions are made once with the real client; then, for each DEST and
 for tiny (unpadded) and padded outputs, a fresh child process lands the N outputs
-together as `i2v.steps.land` does (streamed download to a staged file, MP4 check, QC
+together as `i2v.landing.land` does (streamed download to a staged file, MP4 check, QC
 probe, `Storage.put_file`, `_unstage`), then fetches one frame of each landed video as
 the contact sheet does for videos it has no frame of (`get_file` for S3). Peak RSS is
 per process, hence one child per case; the figure is padded minus tiny, like the
@@ -213,9 +213,9 @@ def trim_after_transfers() -> None:
 async def land_all(dest_uri: str, urls: list[str], sampler: Sampler) -> None:
     from i2v.client import AtlasClient
     from i2v.dest import open_storage
+    from i2v.landing import _unstage
     from i2v.media import check_mp4_file
     from i2v.qc import probe_video
-    from i2v.steps import _unstage
 
     dest = open_storage(dest_uri)
     put_s = sampler.put_s

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from i2v import landing
 from i2v import s3_storage as s3_module
-from i2v import steps
 from i2v._constants import MiB
 from i2v.dest import open_storage
 from i2v.errors import StorageError
@@ -96,14 +96,14 @@ def test_unstaging_a_big_landing_gives_memory_back(
 ) -> None:
     give_back_free_memory()  # callable here whatever the libc: a no-op without glibc
     calls: list[str] = []
-    monkeypatch.setattr(steps, "give_back_free_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(landing, "give_back_free_memory", lambda: calls.append("trim"))
     small, big = tmp_path / "small.part", tmp_path / "big.part"
     small.write_bytes(b"x")
     big.write_bytes(b"x")
 
-    steps._unstage(small, MiB)
-    steps._unstage(big, steps.BIG_VIDEO_BYTES)
-    steps._unstage(tmp_path / "moved-away.part", steps.BIG_VIDEO_BYTES)  # a folder DEST's
+    landing._unstage(small, MiB)
+    landing._unstage(big, landing.BIG_VIDEO_BYTES)
+    landing._unstage(tmp_path / "moved-away.part", landing.BIG_VIDEO_BYTES)  # a folder DEST's
 
     assert not small.exists() and not big.exists()
     assert calls == ["trim", "trim"]
