@@ -82,7 +82,7 @@ def _picture_hosts() -> list[Check]:
 
 async def _checks(options: Any, dest: str | None) -> list[Check]:
     from i2v.client import AtlasClient
-    from i2v.doctor import api_checks
+    from i2v.doctor_api import api_checks
     from i2v.retry import RetryPolicy
     from i2v.session import Timeouts
 

@@ -239,7 +239,7 @@ def test_the_prefect_api_and_the_global_limit(make_simulator: Any, tmp_path: Pat
 
 
 def test_compare_schema_reads_refs_and_any_of_enums() -> None:
-    from i2v.doctor import compare_schema
+    from i2v.doctor_api import compare_schema
     from i2v.parsing import input_schema
 
     doc = {
