@@ -9,7 +9,7 @@
 The simulator (`python -m i2v.simulator.server`) and a moto server run as children on
 loopback. N predictions are made once with the real client; then, for each DEST and
 for tiny (unpadded) and padded outputs, a fresh child process lands the N outputs
-together as `i2v.steps.land` does (streamed download to a staged file, MP4 check, QC
+together as `i2v.landing.land` does (streamed download to a staged file, MP4 check, QC
 probe, `Storage.put_file`, `_unstage`), then fetches one frame of each landed video as
 the contact sheet does for videos it has no frame of (`get_file` for S3). Peak RSS is
 per process, hence one child per case; the figure is padded minus tiny, like the
@@ -171,8 +171,8 @@ class Sampler:
 
 
 def tweak_s3(settings: list[str]) -> None:
-    """Apply NAME=VALUE to i2v.s3's UPLOAD_CONFIG/DOWNLOAD_CONFIG (sizes in MiB), for trials."""
-    from i2v import s3
+    """Apply NAME=VALUE to i2v.s3_storage's UPLOAD_CONFIG/DOWNLOAD_CONFIG (sizes in MiB)."""
+    from i2v import s3_storage as s3
 
     for item in settings:
         name, _, value = item.partition("=")
@@ -195,8 +195,8 @@ MALLOPT = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3, "M_ARENA_MAX": -8}
 
 def trim_after_transfers() -> None:
     """Trial: give malloc's free pages back after every landing and S3 transfer."""
-    from i2v.s3 import S3Storage
-    from i2v.storage import LocalStorage
+    from i2v.local_storage import LocalStorage
+    from i2v.s3_storage import S3Storage
 
     for cls, name in ((S3Storage, "put_file"), (S3Storage, "get_file"), (LocalStorage, "put_file")):
         original = getattr(cls, name)
@@ -212,10 +212,10 @@ def trim_after_transfers() -> None:
 
 async def land_all(dest_uri: str, urls: list[str], sampler: Sampler) -> None:
     from i2v.client import AtlasClient
+    from i2v.dest import open_storage
+    from i2v.landing import _unstage
     from i2v.media import check_mp4_file
     from i2v.qc import probe_video
-    from i2v.steps import _unstage
-    from i2v.storage import open_storage
 
     dest = open_storage(dest_uri)
     put_s = sampler.put_s
@@ -246,8 +246,8 @@ async def land_all(dest_uri: str, urls: list[str], sampler: Sampler) -> None:
 
 def sheet_frames(dest: Any, n: int) -> None:
     """One frame of each video, from a local copy, 4 at a time (`tasks.artifacts`)."""
+    from i2v.local_storage import LocalStorage
     from i2v.media import video_frame
-    from i2v.storage import LocalStorage
 
     def frame(i: int) -> None:
         key = f"videos/v{i}.mp4"
@@ -272,7 +272,7 @@ def child(args: argparse.Namespace) -> None:
     import boto3  # noqa: F401
     import httpx  # noqa: F401
 
-    import i2v.s3  # noqa: F401
+    import i2v.s3_storage  # noqa: F401
 
     tweak_s3(args.set)
     for item in args.mallopt:
@@ -501,7 +501,7 @@ def main() -> None:
         "--set",
         action="append",
         default=[],
-        help="[upload.|download.]ATTR=VALUE on i2v.s3's TransferConfigs (sizes in MiB)",
+        help="[upload.|download.]ATTR=VALUE on i2v.s3_storage's TransferConfigs (sizes in MiB)",
     )
     parser.add_argument(
         "--mallopt", action="append", default=[], help=f"NAME=VALUE, NAME in {', '.join(MALLOPT)}"

@@ -34,10 +34,10 @@ def populate(dest: str, inputs: int, *, index: bool) -> None:
     import pandas as pd
 
     from i2v.claims import Records
+    from i2v.dest import open_storage
     from i2v.results import RunSummary
     from i2v.state import InputRecord, Phase, StateStore
     from i2v.status_index import refresh_index
-    from i2v.storage import open_storage
 
     storage = open_storage(dest)
     records = Records(StateStore(storage))
@@ -147,8 +147,8 @@ def main() -> None:
         populate(dest, args.inputs, index=args.index == "run")
         print(f"wrote {args.inputs} records in {time.monotonic() - started:.1f} s")
 
+        from i2v.dest import open_storage
         from i2v.status import dest_status
-        from i2v.storage import open_storage
 
         status_cli(dest, "first (cold)")
         for _ in range(args.repeat):

@@ -12,8 +12,8 @@ import os
 
 from i2v._constants import API_KEY_ENV
 from i2v.config import BatchOptions
+from i2v.dest import open_storage
 from i2v.errors import ConfigError
-from i2v.storage import open_storage
 
 
 def check_setup(dest: str, options: BatchOptions) -> None:

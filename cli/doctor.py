@@ -63,8 +63,7 @@ def _picture_hosts() -> list[Check]:
     """The internal hosts this worker lets picture URLs reach, when it names any."""
     from i2v.doctor import Check
     from i2v.errors import ConfigError
-    from i2v.netguard import PRIVATE_HOSTS_ENV
-    from i2v.private_hosts import worker_allowance
+    from i2v.private_hosts import PRIVATE_HOSTS_ENV, worker_allowance
 
     try:
         allowance = worker_allowance()
@@ -83,7 +82,7 @@ def _picture_hosts() -> list[Check]:
 
 async def _checks(options: Any, dest: str | None) -> list[Check]:
     from i2v.client import AtlasClient
-    from i2v.doctor import api_checks
+    from i2v.doctor_api import api_checks
     from i2v.retry import RetryPolicy
     from i2v.session import Timeouts
 
@@ -139,9 +138,9 @@ def _key(options: Any) -> tuple[str | None, str]:
 
 
 def _dest_checks(options: Any, dest: str) -> list[Check]:
+    from i2v.dest import open_storage
     from i2v.doctor import Check, check_dest, check_s3
     from i2v.errors import ConfigError
-    from i2v.storage import open_storage
 
     checks: list[Check] = []
     s3 = None

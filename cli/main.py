@@ -217,7 +217,7 @@ def _run_flow(
 
     from cli.checks import check_setup, count_rows
     from cli.prefect_api import PrefectApi, PrefectUnavailable
-    from i2v.storage import limit_malloc_arenas
+    from i2v.memory import limit_malloc_arenas
 
     try:
         check_setup(dest, options)

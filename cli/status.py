@@ -50,9 +50,11 @@ def status(
     """Say what DEST holds: rows and inputs by status, money spent, the last runs, and
     the rows that need a person, each with what to do."""
     from cli.main import _usage_error
+    from i2v.dest import open_storage
     from i2v.errors import ConfigError, StorageError
-    from i2v.status import dest_status, render_text
-    from i2v.storage import LocalStorage, open_storage
+    from i2v.local_storage import LocalStorage
+    from i2v.status import dest_status
+    from i2v.status_render import render_text
 
     try:
         storage = open_storage(dest)

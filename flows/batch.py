@@ -40,6 +40,7 @@ from i2v.config import BatchOptions
 from i2v.errors import DestUnreachable
 from i2v.journal import adopt
 from i2v.lifecycle import run_jobs, triage
+from i2v.memory import limit_malloc_arenas
 from i2v.models import get_model
 from i2v.preflight import preflight
 from i2v.results import RunSummary, qc_flags, result_rows, status_counts, top_errors
@@ -47,7 +48,6 @@ from i2v.rows import group_jobs
 from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReason
 from i2v.sheet import SheetFrames
 from i2v.state import Action, InputRecord, StateStore
-from i2v.storage import limit_malloc_arenas
 from tasks.artifacts import ProgressReporter, kept_message, publish_contact_sheet, publish_kept
 from tasks.generate import GenerateItem, generate
 from tasks.land import LandItem, land

@@ -25,6 +25,7 @@ from prefect.utilities.annotations import quote
 from i2v.client import AtlasClient
 from i2v.concurrency import AdaptiveLimiter
 from i2v.config import BatchOptions
+from i2v.dest import open_storage
 from i2v.errors import ConfigError
 from i2v.lifecycle import dry_run_counts
 from i2v.liveness import HEARTBEAT_S, MISSED_BEATS, Sighting, is_lost, lost_message, silent_s
@@ -32,7 +33,7 @@ from i2v.manifest import Manifest
 from i2v.results import RunSummary, qc_flags, qc_section
 from i2v.run import Job, RowPlan, RowStatus, RunContext, RunControl
 from i2v.session import Timeouts
-from i2v.storage import Storage, open_storage
+from i2v.storage import Storage
 from tasks.rows import check_pictures, read_rows
 
 SIMULATOR_KEY = "simulator-local-key"

@@ -40,6 +40,7 @@ from flows.authority import check_worker_settings
 from flows.batch import i2v_batch
 from flows.common import mark_lost_runs, own_heartbeat_s, s3_client_for
 from i2v.config import BatchOptions
+from i2v.dest import open_storage
 from i2v.errors import I2VError
 from i2v.ledger import (
     DEFAULT_LEASE_HOURS,
@@ -54,7 +55,6 @@ from i2v.ledger import (
     list_manifests,
 )
 from i2v.state import utcnow
-from i2v.storage import open_storage
 
 
 class InboxFailed(I2VError):

@@ -17,8 +17,9 @@ from prefect.logging import get_run_logger
 
 from flows.common import s3_client_for
 from i2v.config import BatchOptions
-from i2v.status import dest_status, render_markdown
-from i2v.storage import open_storage
+from i2v.dest import open_storage
+from i2v.status import dest_status
+from i2v.status_render import render_markdown
 
 STATUS_ARTIFACT_KEY = "i2v-status"
 

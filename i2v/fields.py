@@ -6,12 +6,9 @@ can mark a bad row and leave the other rows alone.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from i2v._constants import MAX_ID_CHARS, is_safe_id, show
-
-if TYPE_CHECKING:
-    from i2v.manifest import Rules  # type only: i2v.manifest imports this module
+from i2v.manifest_rules import Rules
 
 
 def choices(values: tuple[int, ...]) -> str:

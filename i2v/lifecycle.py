@@ -20,6 +20,7 @@ from typing import Protocol
 
 from i2v.concurrency import parallel_map
 from i2v.errors import DestUnreachable, I2VError, InputError, UnreadableRecord
+from i2v.landing import place_copies, remember_output, video_present
 from i2v.run import (
     Job,
     JobOutcome,
@@ -31,7 +32,6 @@ from i2v.run import (
     RunContext,
 )
 from i2v.state import UNREADABLE_RECORD, Action, InputRecord, Phase, age_s, next_action
-from i2v.steps import place_copies, remember_output, video_present
 
 # How long a finished row lets queued submissions go first before it lands.
 LAND_YIELD_S = 0.5

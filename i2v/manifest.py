@@ -32,6 +32,7 @@ from i2v._constants import MAX_ID_CHARS, SCHEME
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, ManifestError
 from i2v.fields import check_id, check_prompt, choices, parse_duration
+from i2v.manifest_rules import Rules
 from i2v.models import ModelSpec, get_model
 from i2v.private_hosts import Allowance, worker_allowance
 from i2v.resolve import LocalResolver, Resolver, S3Resolver, scheme_refused
@@ -70,16 +71,6 @@ class Manifest:
     @property
     def bad_rows(self) -> list[ManifestRow]:
         return [r for r in self.rows if r.error is not None]
-
-
-@dataclass(frozen=True)
-class Rules:
-    spec: ModelSpec
-    default_prompt: str
-    default_duration: int | None
-    allow_outside_base: bool
-    allowed_schemes: tuple[str, ...]
-    private_hosts: Allowance
 
 
 def read_manifest(

@@ -15,15 +15,10 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv6Address, ip_network
 
+from i2v.addresses import IPAddress, IPNetwork, embedded_ipv4, literal_address, normal_host
 from i2v.errors import ConfigError
-from i2v.netguard import (
-    PRIVATE_HOSTS_ENV,
-    IPAddress,
-    IPNetwork,
-    embedded_ipv4,
-    literal_address,
-    normal_host,
-)
+
+PRIVATE_HOSTS_ENV = "I2V_PRIVATE_HOSTS"
 
 _NAME = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
 

@@ -12,14 +12,11 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from i2v._constants import SCHEME, show
+from i2v.manifest_rules import Rules
 from i2v.netguard import screen
-
-if TYPE_CHECKING:
-    from i2v.manifest import Rules  # type only: i2v.manifest imports this module
 
 
 def scheme_refused(scheme: str, rules: Rules) -> str:

@@ -2,7 +2,7 @@
 and the run's shared context (client, DEST, limits, budget, listeners, stop switch).
 
 Plain data and bookkeeping only: the row's life is `i2v.lifecycle.advance`, the steps
-that touch the world are in `i2v.steps`.
+that touch the world are in `i2v.steps` and `i2v.landing`.
 """
 
 from __future__ import annotations

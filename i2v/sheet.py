@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from i2v.concurrency import parallel_map
-from i2v.storage import LocalStorage, Storage, is_s3
+from i2v.dest import is_s3
+from i2v.local_storage import LocalStorage
+from i2v.storage import Storage
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage

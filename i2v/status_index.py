@@ -23,11 +23,12 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, TypeGuard
 
+from i2v.dest import is_s3
 from i2v.errors import StorageError
-from i2v.storage import Storage, is_s3
+from i2v.storage import Storage
 
 if TYPE_CHECKING:
-    from i2v.s3 import S3Storage
+    from i2v.s3_storage import S3Storage
 
 INDEX_KEY = "_status/state-index.jsonl.gz"
 _HEADER = b'{"format":2}\n'

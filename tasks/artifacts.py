@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from i2v.local_storage import LocalStorage
 from i2v.sheet import (
     CONTACT_SHEET_NAME,
     SheetFrames,
@@ -34,7 +35,7 @@ from i2v.sheet import (
     sheet_image,
     sheet_key,
 )
-from i2v.storage import LocalStorage, Storage
+from i2v.storage import Storage
 
 if TYPE_CHECKING:
     from i2v.run import Job, JobOutcome, RunContext

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2v import steps
+from i2v import landing
 from i2v.batching import Batch
 from i2v.errors import DestUnreachable, OutputError, StorageError, TransportError
 from i2v.run import Job, RunContext
@@ -31,7 +31,7 @@ async def land(
     async def one(item: LandItem) -> InputRecord:
         job, record = item
         return await with_retries(
-            lambda: steps.land(ctx, job, record),
+            lambda: landing.land(ctx, job, record),
             (OutputError, StorageError, TransportError, OSError),
             LAND_RETRY_DELAYS_S,
             final=(DestUnreachable,),  # it waited for DEST as long as the run does

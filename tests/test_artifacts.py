@@ -12,9 +12,9 @@ import boto3
 import pytest
 from PIL import Image
 
+from i2v.dest import open_storage
 from i2v.sheet import SheetFrames, save_sheet, sheet_image
 from i2v.simulator.render import render_video
-from i2v.storage import open_storage
 from tasks.artifacts import (
     CONTACT_SHEET_KEY,
     PROGRESS_KEY,

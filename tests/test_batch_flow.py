@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from i2v.dest import open_storage
 from i2v.media import is_mp4_header
 from i2v.results import COLUMNS
 from i2v.state import InputRecord, Phase, StateStore
-from i2v.storage import open_storage
 from tests.helpers import options_for, run_batch, write_manifest
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(300)]

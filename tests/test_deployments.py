@@ -484,12 +484,12 @@ def test_plan_shards_keeps_duplicates_together() -> None:
 
 def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Path) -> None:
     from i2v.config import BatchOptions
+    from i2v.dest import open_storage
     from i2v.results import result_rows, write_tables
     from i2v.rows import group_jobs
     from i2v.run import JobOutcome, RowStatus
     from i2v.shards import ShardRun, merge_shards
     from i2v.state import InputRecord, Phase, StateStore
-    from i2v.storage import open_storage
 
     plans = [_plan(n, f"id{n}") for n in (2, 3, 4, 5, 6)]
     plans[1].error, plans[1].identity = "picture too small", None  # line 3: rejected

@@ -20,10 +20,10 @@ import boto3
 import pytest
 
 from i2v.claims import Records
+from i2v.dest import open_storage
 from i2v.errors import DestUnreachable
 from i2v.journal import left_for, read_journal
 from i2v.state import InputRecord, Phase, StateStore
-from i2v.storage import open_storage
 from tests.helpers import options_for, read_artifacts, run_batch, when, write_manifest
 from tests.s3hop import S3Hop
 
@@ -306,7 +306,7 @@ def test_every_dest_operation_rides_out_slowdowns_and_lost_answers(
 ) -> None:
     """Records, videos (multipart), copies, listings and deletes through a hop that
     answers 503 SlowDown to 40 % of requests and loses 20 % of write answers."""
-    from i2v.storage import is_s3
+    from i2v.dest import is_s3
 
     hop.rate_503, hop.rate_lost_writes = 0.40, 0.20
     dest = open_storage(f"s3://{s3_bucket}/ops")

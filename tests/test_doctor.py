@@ -239,7 +239,7 @@ def test_the_prefect_api_and_the_global_limit(make_simulator: Any, tmp_path: Pat
 
 
 def test_compare_schema_reads_refs_and_any_of_enums() -> None:
-    from i2v.doctor import compare_schema
+    from i2v.doctor_api import compare_schema
     from i2v.parsing import input_schema
 
     doc = {
@@ -273,7 +273,7 @@ def test_compare_schema_reads_refs_and_any_of_enums() -> None:
 
 def test_a_store_that_ignores_conditional_writes_is_refused(tmp_path: Path) -> None:
     from i2v.doctor import check_dest
-    from i2v.storage import LocalStorage
+    from i2v.local_storage import LocalStorage
 
     class LastWriterWins(LocalStorage):
         def write_if_absent(self, key: str, data: bytes, *, content_type: str | None = None) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from i2v.dest import open_storage
 from i2v.state import StateStore
-from i2v.storage import open_storage
 from tests.helpers import (
     assert_money_rules,
     cli_run,

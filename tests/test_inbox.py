@@ -20,6 +20,7 @@ import pytest
 
 from flows.inbox import InboxFailed, InboxReport, i2v_inbox
 from i2v.config import BatchOptions
+from i2v.dest import open_storage
 from i2v.ledger import (
     Decision,
     Holder,
@@ -30,7 +31,6 @@ from i2v.ledger import (
     dest_for,
     held_by_another,
 )
-from i2v.storage import open_storage
 from tests.helpers import EXAMPLES
 from tests.helpers import options_for as batch_options_for
 

@@ -17,6 +17,7 @@ import pytest
 from i2v.claims import Records
 from i2v.concurrency import AdaptiveLimiter, Budget
 from i2v.config import BatchOptions
+from i2v.dest import open_storage
 from i2v.errors import InputError, StorageError
 from i2v.lifecycle import advance, outcome_of
 from i2v.manifest import ManifestRow
@@ -40,7 +41,6 @@ from i2v.state import (
     next_action,
     utcnow,
 )
-from i2v.storage import open_storage
 
 PRICE = 0.28
 

@@ -9,8 +9,9 @@ from ipaddress import ip_address
 
 import pytest
 
+from i2v.addresses import refusal_reason
 from i2v.errors import ConfigError, InputError
-from i2v.netguard import Hop, judge, provider_fetches, refusal_reason, screen
+from i2v.netguard import Hop, judge, provider_fetches, screen
 from i2v.private_hosts import Allowance, worker_allowance
 
 LINK_LOCAL = "a link-local address (where cloud metadata services answer)"

@@ -150,7 +150,7 @@ def test_flagged_videos_stay_landed_and_are_listed(
     # Every video is landed and paid once: a failed check never pays or deletes.
     assert summary.exit_code == 0 and summary.counts["landed"] == 5
     assert sim.stats.jobs_created == 4 and max(sim.stats.submissions_per_input.values()) == 1
-    from i2v.storage import open_storage
+    from i2v.dest import open_storage
 
     storage = open_storage(dest)
     frame = pd.read_parquet(io.BytesIO(storage.read_bytes("results.parquet")))

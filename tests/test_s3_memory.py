@@ -1,4 +1,4 @@
-"""Big S3 transfers stay bounded in memory (see i2v.s3): in the caller's thread, a few at
+"""Big S3 transfers stay bounded in memory (see i2v.s3_storage): in the caller's thread, a few at
 a time, multipart and atomic, malloc's free memory given back after each; and a run's
 threads share two malloc arenas."""
 
@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from i2v import s3 as s3_module
-from i2v import steps
+from i2v import landing
+from i2v import s3_storage as s3_module
 from i2v._constants import MiB
+from i2v.dest import open_storage
 from i2v.errors import StorageError
-from i2v.s3 import S3Storage, make_s3_client
-from i2v.storage import give_back_free_memory, open_storage
+from i2v.memory import give_back_free_memory
+from i2v.s3 import make_s3_client
+from i2v.s3_storage import S3Storage
 
 
 @pytest.fixture
@@ -94,14 +96,14 @@ def test_unstaging_a_big_landing_gives_memory_back(
 ) -> None:
     give_back_free_memory()  # callable here whatever the libc: a no-op without glibc
     calls: list[str] = []
-    monkeypatch.setattr(steps, "give_back_free_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(landing, "give_back_free_memory", lambda: calls.append("trim"))
     small, big = tmp_path / "small.part", tmp_path / "big.part"
     small.write_bytes(b"x")
     big.write_bytes(b"x")
 
-    steps._unstage(small, MiB)
-    steps._unstage(big, steps.BIG_VIDEO_BYTES)
-    steps._unstage(tmp_path / "moved-away.part", steps.BIG_VIDEO_BYTES)  # a folder DEST's
+    landing._unstage(small, MiB)
+    landing._unstage(big, landing.BIG_VIDEO_BYTES)
+    landing._unstage(tmp_path / "moved-away.part", landing.BIG_VIDEO_BYTES)  # a folder DEST's
 
     assert not small.exists() and not big.exists()
     assert calls == ["trim", "trim"]
@@ -110,7 +112,7 @@ def test_unstaging_a_big_landing_gives_memory_back(
 ARENA_PROBE = r"""
 import ctypes, re, sys, tempfile, threading
 from pathlib import Path
-from i2v.storage import limit_malloc_arenas
+from i2v.memory import limit_malloc_arenas
 
 limited = sys.argv[1] == "limit" and limit_malloc_arenas(2)
 libc = ctypes.CDLL(None)

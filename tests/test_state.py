@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from i2v.dest import open_storage
 from i2v.errors import StorageError, UnreadableRecord
 from i2v.state import InputRecord, Phase, StateStore
-from i2v.storage import open_storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from i2v.dest import open_storage
+from i2v.needs_person import build_status
 from i2v.state import HOST, InputRecord, Phase, StateStore, utcnow
-from i2v.status import build_status
-from i2v.storage import open_storage
 from tests.helpers import REPO, cli_run, read_artifacts, sim_config, state_records, write_manifest
 
 pytestmark = [pytest.mark.timeout(300)]

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from i2v.claims import Records
-from i2v.s3 import S3Storage
+from i2v.dest import open_storage
+from i2v.s3_storage import S3Storage
 from i2v.state import InputRecord, Phase, StateStore
-from i2v.status import DestStatus, dest_status, read_table
+from i2v.status import dest_status
 from i2v.status_index import INDEX_KEY, etag, load_index, refresh_index, save_index
-from i2v.storage import open_storage
+from i2v.status_model import DestStatus
+from i2v.status_read import read_table
 from tests.helpers import options_for, run_batch, write_manifest
 
 pytestmark = [pytest.mark.timeout(300)]

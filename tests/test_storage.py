@@ -18,18 +18,14 @@ import httpx
 import pytest
 
 from i2v._constants import MiB
+from i2v.dest import open_storage
 from i2v.errors import ConfigError, InputError, StorageError
+from i2v.local_storage import LocalStorage
 from i2v.localfs import LOCK_NAME, TMP_SUFFIX, folder_lock
 from i2v.locations import presign_location, read_location
-from i2v.s3 import (
-    BIG_TRANSFERS_AT_ONCE,
-    BOTO_ATTEMPTS,
-    S3Storage,
-    default_s3_client,
-    make_s3_client,
-    split_s3_uri,
-)
-from i2v.storage import LocalStorage, Storage, open_storage
+from i2v.s3 import BOTO_ATTEMPTS, default_s3_client, make_s3_client, split_s3_uri
+from i2v.s3_storage import BIG_TRANSFERS_AT_ONCE, S3Storage
+from i2v.storage import Storage
 from tests.helpers import REPO
 
 
@@ -198,7 +194,7 @@ def test_racing_threads_replace_one_version_once(storage: Storage) -> None:
 
 _RACER = """
 import sys
-from i2v.storage import LocalStorage
+from i2v.local_storage import LocalStorage
 
 storage, me, rounds = LocalStorage(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)

@@ -4,9 +4,10 @@ Same paths, JSON shapes and statuses as the real API (see ATLAS_API.md), plus `/
 endpoints for media, outputs, stats and live configuration. Job state is computed from
 the clock when asked: no background loop, so a thousand idle jobs cost nothing.
 
-What it accepts is `inputs`, the pictures it holds `media`, its answers `pages`, its
-video streams `outputs`, its counters `stats`; the knobs (`config`) also make it answer
-as untidily as the real service can (HTML pages, purged ids, other status names).
+What it accepts is `inputs`, what it checks before the API sees a request `gate`, its
+predictions `jobs`, the pictures it holds `media`, its answers `pages`, its video
+streams `outputs`, its counters `stats`; the knobs (`config`) also make it answer as
+untidily as the real service can (HTML pages, purged ids, other status names).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -35,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from i2v.simulator.catalog import input_schema_document, listing_entry
 from i2v.simulator.config import SimulatorConfig
+from i2v.simulator.gate import bearer_problem, blocked_agent, header
 from i2v.simulator.inputs import (
     ApiError,
     check_inputs,
@@ -43,80 +44,14 @@ from i2v.simulator.inputs import (
     read_body,
     synthesize_picture,
 )
+from i2v.simulator.jobs import Job, accepted_data, defect_of, prediction_data
 from i2v.simulator.media import MediaStore, off_loop_if_large
 from i2v.simulator.outputs import corrupt_mp4, stream_video
-from i2v.simulator.pages import cloudflare_block, error_response, interstitial, iso, ok
+from i2v.simulator.pages import cloudflare_block, error_response, interstitial, ok
 from i2v.simulator.render import STILL, cached_render, parse_motion
 from i2v.simulator.stats import SimulatorStats
 
-MODERATION_ERROR_CODE = 1039
 _CONTROL_PATHS = ("/_sim/stats", "/_sim/config", "/_sim/reset")
-Defect = Literal["short", "frozen", "corrupt"]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One prediction; its status follows from the clock."""
-
-    id: str
-    model: str
-    prompt: str
-    duration_s: int
-    image_sha: str
-    motion: str
-    width: int
-    fps: int
-    created: float  # time.monotonic()
-    created_wall: float  # time.time()
-    latency_s: float
-    outcome: Literal["completed", "failed", "stuck"]
-    no_output: bool = False  # completes without listing an output URL
-    # A broken video it serves (the defect triggers): too short, frozen, or corrupt.
-    defect: Defect | None = None
-
-    @property
-    def ends_at(self) -> float:
-        return float("inf") if self.outcome == "stuck" else self.created + self.latency_s
-
-    def status(self, now: float) -> str:
-        return "processing" if now < self.ends_at else self.outcome
-
-
-def _defect(cfg: SimulatorConfig, prompt: str) -> Defect | None:
-    """The defect a prompt asks for through the trigger knobs (lower-cased prompt)."""
-    triggers: tuple[tuple[Defect, str], ...] = (
-        ("short", cfg.short_trigger),
-        ("frozen", cfg.frozen_trigger),
-        ("corrupt", cfg.corrupt_trigger),
-    )
-    for defect, trigger in triggers:
-        if trigger and trigger.lower() in prompt:
-            return defect
-    return None
-
-
-def _header(scope: Scope, wanted: bytes) -> str:
-    for name, value in scope.get("headers", []):
-        if name == wanted:
-            return str(value.decode("latin-1"))
-    return ""
-
-
-def _blocked_agent(scope: Scope, blocked: tuple[str, ...]) -> bool:
-    agent = _header(scope, b"user-agent").lower()
-    return any(b.lower() in agent for b in blocked if b)
-
-
-def _bearer_problem(scope: Scope, api_key: str | None) -> str | None:
-    """Why the request's Authorization header is refused, or None. Never echoes the key."""
-    header = _header(scope, b"authorization")
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return "missing API key: send the header 'Authorization: Bearer <key>'"
-    if api_key is not None and token != api_key:
-        return "invalid API key"
-    return None
 
 
 class Simulator:
@@ -173,13 +108,13 @@ class Simulator:
             elif method == "GET" and path.startswith("/api/v1/model/prediction/"):
                 self.stats.add("polls")
             # Cloudflare answers before the API sees the request: before auth.
-            if _blocked_agent(scope, self.config.blocked_user_agents):
-                host = urlsplit(f"//{_header(scope, b'host')}").hostname or "the API"
+            if blocked_agent(scope, self.config.blocked_user_agents):
+                host = urlsplit(f"//{header(scope, b'host')}").hostname or "the API"
                 await cloudflare_block(host)(scope, receive, send_with_id)
                 return
             # Like the real API, auth runs before routing: a wrong path with no key is 401.
             if path.rstrip("/") != "/api/v1/models":
-                problem = _bearer_problem(scope, self.config.api_key)
+                problem = bearer_problem(scope, self.config.api_key)
                 if problem:
                     await error_response(401, problem)(scope, receive, send_with_id)
                     return
@@ -307,7 +242,7 @@ class Simulator:
             latency_s=max(0.0, latency),
             outcome=outcome,
             no_output=outcome == "completed" and self._roll(cfg.completed_without_output_rate),
-            defect=_defect(cfg, lowered),
+            defect=defect_of(cfg, lowered),
         )
         self.jobs[job.id] = job
         self._accepted_jobs += 1
@@ -316,15 +251,7 @@ class Simulator:
 
         if cfg.generate_delay_s > 0:
             await anyio.sleep(cfg.generate_delay_s)  # the job exists; only the answer is late
-        base = self._base_url(request)
-        data_out: dict[str, Any] = {
-            "id": job.id,
-            "model": job.model,
-            "status": cfg.status_aliases.get("processing", "processing"),
-            "outputs": None if cfg.outputs_as_string else [],
-            "urls": {"get": f"{base}/api/v1/model/prediction/{job.id}"},
-            "created_at": iso(job.created_wall),
-        }
+        data_out = accepted_data(job, self._base_url(request), cfg)
         if cfg.top_level_id:
             return JSONResponse({"code": 200, "msg": "success", **data_out})
         return ok(data_out)
@@ -345,31 +272,7 @@ class Simulator:
             or (cfg.retention_s is not None and now - job.created > cfg.retention_s)
         ):
             raise ApiError(404, "prediction not found")
-        status = job.status(now)
-        done = status != "processing"
-        url = f"{self._base_url(request)}/_sim/outputs/{job.id}.mp4"
-        listed = status == "completed" and not job.no_output
-        outputs: Any = [url] if listed else []
-        if cfg.outputs_as_string:
-            outputs = url if listed else None
-        failed = status == "failed"
-        return ok(
-            {
-                "id": job.id,
-                "model": job.model,
-                "status": cfg.status_aliases.get(status, status),
-                "outputs": outputs,
-                "error": (
-                    "the input was rejected by content moderation (sensitive content)"
-                    if failed
-                    else None
-                ),
-                "error_code": MODERATION_ERROR_CODE if failed else None,
-                "metrics": {"predict_time": round(job.latency_s if done else now - job.created, 3)},
-                "created_at": iso(job.created_wall),
-                "completed_at": iso(job.created_wall + job.latency_s) if done else None,
-            }
-        )
+        return ok(prediction_data(job, now, self._base_url(request), cfg))
 
     async def _models(self, request: Request) -> Response:
         base = self._base_url(request)
