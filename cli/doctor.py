@@ -124,7 +124,7 @@ def _key(options: Any) -> tuple[str | None, str]:
     """(the key or None, where it came from); the key itself is never shown."""
     block = options.api.api_key_secret_block
     if block:
-        from flows.common import resolve_api_key  # Prefect: only when a block is named
+        from flows.clients import resolve_api_key  # Prefect: only when a block is named
         from i2v.errors import ConfigError
 
         try:
@@ -152,7 +152,7 @@ def _dest_checks(options: Any, dest: str) -> list[Check]:
 
         session = boto3.session.Session()
         if options.aws_credentials_block:
-            from flows.common import s3_client_for  # Prefect: only when a block is named
+            from flows.clients import s3_client_for  # Prefect: only when a block is named
 
             s3 = s3_client_for(options)
         else:

@@ -245,7 +245,7 @@ def _run_flow(
 
     from cli.progress import RunProgress
     from flows.batch import i2v_batch
-    from flows.common import controlled
+    from flows.control import controlled
     from i2v.run import RunAborted, RunControl
 
     _hide_user_errors_from_prefect_console()
