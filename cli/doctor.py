@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cli.common import run_async, usage_error
 from cli.options import ConfigFile
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ def doctor(
 ) -> None:
     """Check the API host, the key, the model and its published input schema, the
     price, DEST (and S3) and the Prefect API, using only calls that cost nothing."""
-    from cli.main import _usage_error, run_async
     from i2v.config import load_options
     from i2v.doctor import Check, exit_code
     from i2v.errors import ConfigError
@@ -50,7 +50,7 @@ def doctor(
     try:
         options = load_options(config)
     except ConfigError as exc:
-        raise typer.Exit(_usage_error(exc)) from None
+        raise typer.Exit(usage_error(exc)) from None
     where = f"config {config}" if config else "default options (no --config)"
     first = Check(True, f"{where}: model {options.model}, duration {options.duration} s")
     checks = [first, *_picture_hosts(), *run_async(_checks(options, dest))]
@@ -123,7 +123,7 @@ def _key(options: Any) -> tuple[str | None, str]:
     """(the key or None, where it came from); the key itself is never shown."""
     block = options.api.api_key_secret_block
     if block:
-        from flows.common import resolve_api_key  # Prefect: only when a block is named
+        from flows.clients import resolve_api_key  # Prefect: only when a block is named
         from i2v.errors import ConfigError
 
         try:
@@ -151,7 +151,7 @@ def _dest_checks(options: Any, dest: str) -> list[Check]:
 
         session = boto3.session.Session()
         if options.aws_credentials_block:
-            from flows.common import s3_client_for  # Prefect: only when a block is named
+            from flows.clients import s3_client_for  # Prefect: only when a block is named
 
             s3 = s3_client_for(options)
         else:

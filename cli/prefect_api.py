@@ -244,7 +244,7 @@ def _healthy(port: int, timeout_s: float) -> bool:
 
 
 def _exit_on_sigterm() -> None:
-    """SIGTERM outside the flow (which winds a run down itself: flows.common) exits 143
+    """SIGTERM outside the flow (which winds a run down itself: flows.control) exits 143
     through atexit, so the temporary server is stopped and waited for."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_143)

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.common import usage_error
+
 STATUS_EXAMPLES = """Examples:
 
 \b
@@ -49,7 +51,6 @@ def status(
 ) -> None:
     """Say what DEST holds: rows and inputs by status, money spent, the last runs, and
     the rows that need a person, each with what to do."""
-    from cli.main import _usage_error
     from i2v.dest import open_storage
     from i2v.errors import ConfigError, StorageError
     from i2v.local_storage import LocalStorage
@@ -64,9 +65,9 @@ def status(
             _attach(storage, attach)
         found = dest_status(storage)
     except ConfigError as exc:
-        raise typer.Exit(_usage_error(exc)) from None
+        raise typer.Exit(usage_error(exc)) from None
     except StorageError as exc:
-        raise typer.Exit(_usage_error(exc, "storage error")) from None
+        raise typer.Exit(usage_error(exc, "storage error")) from None
     if as_json:
         sys.stdout.write(json.dumps(found.as_json(), indent=1) + "\n")
     else:

@@ -20,19 +20,11 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.authority import check_worker_settings
-from flows.common import (
-    OpenedRun,
-    atlas_client,
-    current_control,
-    dry_run_summary,
-    opaque,
-    open_run,
-    provider_cap,
-    publish_artifacts,
-    run_task_after,
-    stop_on_signals,
-    untagged_task_runs,
-)
+from flows.clients import atlas_client
+from flows.control import current_control, stop_on_signals
+from flows.opening import OpenedRun, dry_run_summary, open_run
+from flows.provider_cap import provider_cap
+from flows.task_runs import opaque, run_task_after, untagged_task_runs
 from i2v.batching import Batch, MicroBatcher
 from i2v.claims import Records
 from i2v.concurrency import AdaptiveLimiter
@@ -52,6 +44,7 @@ from tasks.artifacts import ProgressReporter, kept_message, publish_contact_shee
 from tasks.generate import GenerateItem, generate
 from tasks.land import LandItem, land
 from tasks.poll import PollItem, poll
+from tasks.results_artifacts import publish_artifacts
 from tasks.tables import results_table
 from tasks.upload import upload
 

@@ -8,7 +8,7 @@
 A lost machine does not leave the fan-out waiting: each shard runs with a heartbeat
 every HEARTBEAT_S seconds (the pool's template sets it: deployments/process-pool.json;
 a run cannot set job variables of its own there), and a shard
-silent for MISSED_BEATS beats is marked Crashed (`flows.common.mark_lost_runs`); the
+silent for MISSED_BEATS beats is marked Crashed (`flows.lost_runs.mark_lost_runs`); the
 parent then ends Failed, naming it, and a rerun finishes its rows.
 
 Shards share DEST: each input's durable record under DEST/_state/ belongs to exactly one
@@ -37,13 +37,8 @@ from prefect.states import Crashed
 from pydantic import Field
 
 from flows.authority import check_worker_settings
-from flows.common import (
-    OpenedRun,
-    dry_run_summary,
-    mark_lost_runs,
-    open_run,
-    publish_artifacts,
-)
+from flows.lost_runs import mark_lost_runs
+from flows.opening import OpenedRun, dry_run_summary, open_run
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
 from i2v.lifecycle import triage
@@ -53,6 +48,7 @@ from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
 from i2v.shards import STATS, ShardReport, ShardRun, merge_shards, plan_shards
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
+from tasks.results_artifacts import publish_artifacts
 
 POLL_S = 2.0  # how often the parent reads its shards' states
 HEARTBEAT_CHECK_S = 10.0  # how often it reads their heartbeats

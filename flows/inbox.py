@@ -38,7 +38,8 @@ from pydantic import BaseModel, Field
 
 from flows.authority import check_worker_settings
 from flows.batch import i2v_batch
-from flows.common import mark_lost_runs, own_heartbeat_s, s3_client_for
+from flows.clients import s3_client_for
+from flows.lost_runs import mark_lost_runs, own_heartbeat_s
 from i2v.config import BatchOptions
 from i2v.dest import open_storage
 from i2v.errors import I2VError

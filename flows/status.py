@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.logging import get_run_logger
 
-from flows.common import s3_client_for
+from flows.clients import s3_client_for
 from i2v.config import BatchOptions
 from i2v.dest import open_storage
 from i2v.status import dest_status

@@ -5,7 +5,7 @@ on a self-hosted Prefect server forever. Runs started with
 PREFECT_FLOWS_HEARTBEAT_FREQUENCY=F send a heartbeat event every F seconds from a
 thread of their own (a busy event loop does not stop it), so a run whose last sign of
 life is older than MISSED_BEATS x F is lost: the flows mark it Crashed and stop waiting
-for it (`flows.common.mark_lost_runs`).
+for it (`flows.lost_runs.mark_lost_runs`).
 """
 
 from __future__ import annotations

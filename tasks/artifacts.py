@@ -45,7 +45,6 @@ log = logging.getLogger("i2v.artifacts")
 PROGRESS_KEY = "i2v-progress"
 CONTACT_SHEET_KEY = "i2v-contact-sheet"
 MAX_PRESIGN_HOURS = 7 * 24  # SigV4's maximum
-RESULTS_LINK_KEY = "i2v-results-table"
 
 
 class ProgressReporter:
@@ -247,55 +246,6 @@ async def publish_contact_sheet(
             description=f"One frame of each landed video: {where}",
         )
     return f"## Contact sheet\n\n![contact sheet of run {run_id}]({image})\n\nFull size: {full}\n"
-
-
-async def publish_results_link(storage: Storage, run_id: str, *, link_hours: float = 24.0) -> None:
-    """A link artifact (key RESULTS_LINK_KEY) to this run's results table,
-    DEST/runs/RUN_ID/results.csv: presigned on S3, the file's path for a folder DEST."""
-    from prefect.artifacts import acreate_link_artifact
-
-    key = f"runs/{run_id}/results.csv"
-    link = await asyncio.to_thread(link_or_path, storage, key, link_hours)
-    where = storage.key_uri(key)
-    try:
-        await acreate_link_artifact(
-            link=link,
-            link_text=f"results table of run {run_id} (CSV)"
-            + ("" if link.startswith("http") else f": {where}"),
-            key=RESULTS_LINK_KEY,
-            description=f"This run's table, one row per manifest row: {where}",
-        )
-    except Exception as exc:  # a view, never a reason for the run to fail
-        log.debug("results link artifact not created: %s", exc)
-
-
-def video_links(storage: Storage, video_uris: Sequence[str | None], hours: float) -> list[str]:
-    """For the table artifact: each landed video as a link a browser opens (presigned,
-    S3), or its path (folder DEST); "" where there is no video."""
-    base = storage.key_uri("")
-    out = []
-    for uri in video_uris:
-        if not uri:
-            out.append("")
-            continue
-        key = uri[len(base) :].lstrip("/") if uri.startswith(base) else None
-        out.append((web_link(storage, key, hours) if key else None) or uri)
-    return out
-
-
-def summary_tail(
-    top_errors: Sequence[tuple[str, int]], results_uri: str | None, sheet_md: str
-) -> list[str]:
-    """The closing markdown lines of a run summary: common errors, table, contact sheet."""
-    lines: list[str] = []
-    if top_errors:
-        lines += ["", "## Most common errors", "", "| error | rows |", "|---|---|"]
-        lines += [f"| {e.replace('|', '/')} | {n} |" for e, n in top_errors]
-    if results_uri:
-        lines += ["", f"Results table: `{results_uri}`"]
-    if sheet_md:
-        lines += ["", sheet_md]
-    return lines
 
 
 KEPT_KEY = "i2v-kept"

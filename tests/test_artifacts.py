@@ -221,7 +221,7 @@ def test_embedded_sheet_stays_small_however_many_videos() -> None:
 def test_the_table_artifact_of_a_big_run_keeps_the_rows_that_need_a_person() -> None:
     import pandas as pd
 
-    from flows.common import artifact_rows
+    from tasks.results_artifacts import artifact_rows
 
     status = ["landed"] * 7 + ["failed", "landed", "ambiguous"]
     # The results table's own dtype for its text columns (see i2v.results).

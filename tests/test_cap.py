@@ -72,7 +72,7 @@ def test_a_run_leases_as_many_slots_as_rows_wait_and_never_more(tmp_path: Path) 
     time), never more than the limit, and every lease goes back at the end."""
     from prefect import flow
 
-    from flows.common import LeasedCap
+    from flows.provider_cap import LeasedCap
 
     name = f"cap-{tmp_path.name[-12:]}".lower().replace("_", "-") + "-x"
     asyncio.run(_limit(name, 4))
@@ -164,7 +164,7 @@ def test_a_busy_answer_is_asked_again_at_once_for_the_same_slots(tmp_path: Path)
     from prefect import flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.common import LeasedCap
+    from flows.provider_cap import LeasedCap
     from tests.helpers import free_port
 
     name = f"cap-{tmp_path.name[-12:]}".lower().replace("_", "-") + "-busy"

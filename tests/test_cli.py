@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app, run_async
+from cli.common import run_async
+from cli.main import app
 from tests.helpers import REPO, TEST_API_KEY, sim_config, start_cli, state_phases, write_manifest
 
 runner = CliRunner()
