@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.harness import free_port  # noqa: E402
+from tests.helpers import sim_config  # noqa: E402
 from tests.s3hop import S3Hop  # noqa: E402
 
 
@@ -47,20 +48,6 @@ def _manifest(folder: Path, rows: int) -> Path:
         f"r{i:03d},{pictures[i % 3]},slow push in take {i}" for i in range(rows)
     ]
     path = folder / "manifest.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _config(folder: Path, sim_url: str, **extra: Any) -> Path:
-    lines = [
-        "concurrency: 6",
-        "global_concurrency_limit: null",
-        *[f"{k}: {v}" for k, v in extra.items()],
-        "api:",
-        "  simulator: false",
-        f"  base_url: {sim_url}",
-    ]
-    path = folder / f"config-{len(extra)}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -147,7 +134,7 @@ def main() -> None:
 
             threading.Thread(target=cut, daemon=True).start()
         extra = {"dest_wait_s": args.outage / 3} if name == "stop_and_rerun" else {}
-        config = _config(work, sim.url, **extra)
+        config = sim_config(work, sim, fast=False, concurrency=6, **extra)
         runs = []
         for attempt in range(2 if name == "stop_and_rerun" else 1):
             if attempt:

@@ -65,14 +65,13 @@ def run_batch(source: str | Path, dest: str | Path, options: BatchOptions) -> An
     return asyncio.run(i2v_batch(str(source), str(dest), options))
 
 
-def sim_config(tmp_path: Path, sim: Any, **extra: Any) -> Path:
-    """A YAML config pointing the CLI at an external simulator."""
+def sim_config(tmp_path: Path, sim: Any, *, fast: bool = True, **extra: Any) -> Path:
+    """A YAML config pointing the CLI at an external simulator (`fast`: polls and
+    timeouts sized for a simulator's sub-second videos; `extra`: any other options)."""
+    speed = {"poll_interval_s": 0.05, "expected_duration_s": 0.3, "timeout_s": 60}
+    settings = {**(speed if fast else {}), "global_concurrency_limit": None, **extra}
     lines = [
-        "poll_interval_s: 0.05",
-        "expected_duration_s: 0.3",
-        "timeout_s: 60",
-        "global_concurrency_limit: null",
-        *[f"{k}: {json.dumps(v)}" for k, v in extra.items()],
+        *[f"{k}: {json.dumps(v)}" for k, v in settings.items()],
         "api:",
         "  simulator: false",
         f"  base_url: {sim.url}",

@@ -13,11 +13,8 @@ point `api.base_url` at the simulator, which the workers allow by I2V_ALLOWED_BA
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import shutil
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ import pytest
 
 from i2v.models import MODELS
 from tests.helpers import EXAMPLES, REPO, TEST_API_KEY
+from tests.listeners import Listener
 from tests.prefect_stack import POOL, Stack, all_logs, client_for, running_stack
 
 pytestmark = [pytest.mark.timeout(420)]
@@ -182,38 +180,6 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
 # ------------------------------------------------------------- who decides what
 
 
-class Listener:
-    """A raw TCP listener on loopback: records every connection and the bytes it sent."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.received: list[bytes] = []  # one entry per connection
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                data = b""
-                with contextlib.suppress(OSError):
-                    while chunk := conn.recv(65536):
-                        data += chunk
-                self.received.append(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-
-
 def _wait_final(client: Any, run_id: Any, timeout_s: float = 180) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -236,7 +202,7 @@ def test_a_form_cannot_send_the_key_elsewhere(stack: Stack, tmp_path: Path) -> N
 
     with temporary_settings(updates={PREFECT_API_URL: stack.url}):
         Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
-    listener = Listener()
+    listener = Listener(record=True)
     try:
         manifest, _ = _manifest(tmp_path)
         with manifest.open("a", newline="") as f:  # a picture a check would fetch

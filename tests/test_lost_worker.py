@@ -19,6 +19,7 @@ about 90 s: this module takes minutes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -159,6 +160,19 @@ def _not_landed(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["status"] != "landed"]
 
 
+@contextlib.contextmanager
+def _fanout(
+    stack: Stack, make_simulator: Any, tmp_path: Path
+) -> Iterator[tuple[Fanout, Any, Any, Path]]:
+    """A fan-out of the test manifest against a slow simulator, its client, and DEST."""
+    sim = make_simulator(latency_s=1.5, latency_jitter_s=0.5, generate_delay_s=0.3)
+    # The form names the simulator as api.base_url: the workers must allow it.
+    stack.env["I2V_ALLOWED_BASE_URLS"] = sim.url
+    dest = tmp_path / "dest"
+    with client_for(stack.url) as client:
+        yield Fanout(stack, client, _manifest(tmp_path), dest, sim), client, sim, dest
+
+
 @pytest.fixture
 def workers(stack: Stack) -> Iterator[Callable[[str, int], Any]]:
     """Start workers for one test; whatever is left of them is stopped after it."""
@@ -176,13 +190,8 @@ def workers(stack: Stack) -> Iterator[Callable[[str, int], Any]]:
 def test_a_lost_worker_fails_the_fanout_in_minutes_and_a_rerun_finishes_it(
     stack: Stack, workers: Callable[[str, int], Any], make_simulator: Any, tmp_path: Path
 ) -> None:
-    sim = make_simulator(latency_s=1.5, latency_jitter_s=0.5, generate_delay_s=0.3)
-    # The form names the simulator as api.base_url: the workers must allow it.
-    stack.env["I2V_ALLOWED_BASE_URLS"] = sim.url
-    dest = tmp_path / "dest"
     rows = SHARDS * PER_SHARD
-    with client_for(stack.url) as client:
-        fan = Fanout(stack, client, _manifest(tmp_path), dest, sim)
+    with _fanout(stack, make_simulator, tmp_path) as (fan, client, sim, dest):
         workers("keeper", 2)  # the parent and at most one shard: it survives
         first = fan.start()
         _wait("the parent to run", lambda: fan.state(first) == "RUNNING", 180)
@@ -282,13 +291,8 @@ def test_a_lost_parent_is_replaced_by_a_new_fanout_run_without_paying_twice(
 ) -> None:
     # The shipped automation, for what no fan-out watches: here, the lost parent itself.
     stack.cli("automation", "create", "--from-file", "deployments/automations.yaml")
-    sim = make_simulator(latency_s=1.5, latency_jitter_s=0.5, generate_delay_s=0.3)
-    # The form names the simulator as api.base_url: the workers must allow it.
-    stack.env["I2V_ALLOWED_BASE_URLS"] = sim.url
-    dest = tmp_path / "dest"
     rows = SHARDS * PER_SHARD
-    with client_for(stack.url) as client:
-        fan = Fanout(stack, client, _manifest(tmp_path), dest, sim)
+    with _fanout(stack, make_simulator, tmp_path) as (fan, client, sim, dest):
         host = workers("parent-host", 2)  # the parent and one shard: lost together
         first = fan.start()
         _wait("the parent to run", lambda: fan.state(first) == "RUNNING", 180)

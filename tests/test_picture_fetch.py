@@ -5,13 +5,10 @@ pictures from allowed internal hosts land through uploadMedia."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import socket
 import ssl
-import struct
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,51 +23,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from i2v.errors import FetchError, InputError
 from i2v.locations import read_location
 from tests.helpers import EXAMPLES, options_for, run_batch, table, write_manifest
+from tests.listeners import Listener
 
 PICTURE = (EXAMPLES / "rocket.jpg").read_bytes()
 ENV = "I2V_PRIVATE_HOSTS"
-
-
-class Listener:
-    """A raw TCP listener that counts the connections it accepts (and closes them;
-    `reset` closes each with a TCP reset once the request has arrived)."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, reset: bool = False) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.bind((host, port))
-        self.sock.listen(16)
-        self.sock.settimeout(0.05)
-        self.port = int(self.sock.getsockname()[1])
-        self.reset = reset
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            with conn:
-                if self.reset:
-                    conn.settimeout(2)
-                    with contextlib.suppress(OSError):
-                        conn.recv(65536)
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-    def settled_count(self) -> int:
-        """Connections accepted, once any already queued would have been accepted."""
-        time.sleep(0.3)
-        return self.accepted
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 class PictureServer:
