@@ -53,9 +53,8 @@ def worker(
     name = name or socket.gethostname()
     own = worker_queue(name)
     try:
-        with get_client(sync_client=True) as client:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_work_queue(name=own, work_pool_name=pool)
+        with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_queue(name=own, work_pool_name=pool)
     except ObjectNotFound:
         err.print(
             f"work pool {pool!r} not found: create it with `prefect work-pool create {pool} "
