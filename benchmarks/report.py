@@ -120,6 +120,8 @@ def _efficiency_rows(settings: dict[str, Any], host_cores: int, part: Any) -> li
                 f"{_met(r['efficiency'] >= 0.8)}; wall to wall {wall_met}",
             )
         )
+        if "plain_loop" in r:
+            rows.append(_plain_loop_row(n, r))
         rows.append(
             (
                 "1",
@@ -145,6 +147,24 @@ def _efficiency_rows(settings: dict[str, Any], host_cores: int, part: Any) -> li
             )
         )
     return rows
+
+
+def _plain_loop_row(n: Any, r: dict[str, Any]) -> Row:
+    """The pipeline beside a plain asyncio loop (benchmarks/plain_loop.py), same bench run."""
+    loop, ours = r["plain_loop"], r.get("wall_to_wall")
+    theirs = loop.get("wall_to_wall")
+    ahead = ours is not None and theirs is not None and ours > theirs
+    return (
+        "1",
+        f"Beside a plain asyncio loop, N = {n}",
+        f"wall to wall: the pipeline {ours or float('nan'):.2f}, the loop "
+        f"{theirs or float('nan'):.2f} = ideal {r['ideal_s']:.1f} s / (wall "
+        f"{loop['wall_s']:.1f} s - its 1-row run {loop['wall_1row_s']:.1f} s); the loop's "
+        f"batch window {loop['efficiency']:.2f}, {loop['landed']}/{loop['rows']} landed, "
+        f"max {loop['max_in_flight']} in flight",
+        "wall to wall >= 0.88 and ahead of the loop",
+        _met(ahead and ours is not None and ours >= 0.88),
+    )
 
 
 def _wall_to_wall_text(r: dict[str, Any]) -> tuple[str, str]:
