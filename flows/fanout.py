@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_run_logger
@@ -32,7 +32,14 @@ from pydantic import Field
 from flows.authority import check_worker_settings
 from flows.batch import i2v_shard
 from flows.opening import OpenedRun, dry_run_summary, open_run
-from flows.shard_runs import ShardLauncher, check_deployment, shard_name, shard_run, watch
+from flows.shard_runs import (
+    SHARD_TAG,
+    ShardLauncher,
+    check_deployment,
+    shard_name,
+    shard_run,
+    watch,
+)
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
 from i2v.lifecycle import triage
@@ -231,10 +238,13 @@ async def _run_shards(
 
 
 async def _shard_here(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
-    """Shard 1 as a subflow of this run, in this process."""
-    state: State = await i2v_shard.with_options(flow_run_name=shard_name(1, launcher.total))(
-        launcher.source, launcher.dest, lines, launcher.options, return_state=True
-    )
+    """Shard 1 as a subflow of this run, in this process (tagged as the others are: the
+    lost-shard automation judges it by its heartbeats)."""
+    shard = i2v_shard.with_options(flow_run_name=shard_name(1, launcher.total))
+    with tags(SHARD_TAG):
+        state: State = await shard(
+            launcher.source, launcher.dest, lines, launcher.options, return_state=True
+        )
     async with get_client() as client:
         run_id = state.state_details.flow_run_id
         assert run_id is not None  # a subflow's state names its flow run

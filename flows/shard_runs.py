@@ -36,6 +36,7 @@ POLL_S = 1.0  # how often the parent reads its shards' states
 HEARTBEAT_CHECK_S = 10.0  # how often it reads their heartbeats
 NO_WORKER_WARNING_S = 120.0  # shards still waiting after this: say no worker takes them
 WAITING = ("Scheduled", "Late", "Pending")
+SHARD_TAG = "i2v-shard"  # deployments/automations.yaml judges these runs by heartbeat
 
 
 async def check_deployment(deployment: str) -> str:
@@ -84,7 +85,7 @@ class ShardLauncher:
             timeout=0,
             as_subflow=True,
             flow_run_name=shard_name(index, self.total),
-            tags=["i2v-shard"],
+            tags=[SHARD_TAG],
             work_queue_name=queue,
             # A retried parent finds its shards again instead of starting (and paying
             # for) new ones; a new run of the fan-out has a new id, so new shard runs.

@@ -103,6 +103,12 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
     assert {"prefect.resource.id": "prefect.tag.i2v"} in related
     assert [a.type for a in lost.actions] == ["change-flow-run-state"]
     assert lost.actions[0].state == "CRASHED"
+    # ... and a fan-out's shards by their tag: the one in the parent has no deployment.
+    with client_for(stack.url) as client:
+        [shards] = client.read_automations_by_name("i2v-crash-lost-shards")
+    related = [dict(m.root) for m in shards.trigger.match_related]
+    assert related == [{"prefect.resource.id": "prefect.tag.i2v-shard"}]
+    assert shards.trigger.within.total_seconds() == 90 and shards.actions[0].state == "CRASHED"
 
     schema = batch.parameter_openapi_schema
     props = schema["properties"]
