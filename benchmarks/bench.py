@@ -569,7 +569,9 @@ class Bench:
             raise RuntimeError(f"{span.landed} of {n} inputs landed")
         self.finished[n] = (manifest, dest)
         jobs = stats["jobs_created"]
+        loop = self.plain_loop(n) if n == self.plan.sizes[0] else None
         return {
+            **({"plain_loop": loop} if loop else {}),
             "n": n,
             "ideal_s": self.plan.ideal_s(n),
             "actual_s": span.actual_s,
@@ -592,6 +594,32 @@ class Bench:
             "prefect_server_cpu_s": run.children_cpu_s,
             "sim_cpu_s": sim_cpu,
         }
+
+    def plain_loop(self, n: int) -> dict[str, Any]:
+        """benchmarks/plain_loop.py on the same simulator, right after the pipeline's
+        run: a warm-up row, then 1 row and N rows; wall to wall = ideal / (wall(N) -
+        wall(1)), as the pipeline's."""
+        walls: dict[str, float] = {}
+        out: dict[str, Any] = {}
+        for key, rows in (("warm-up", 1), ("one", 1), ("n", n)):
+            manifest = self.manifest(f"loop-{key}-{n}", rows)
+            self.sim.reset()
+            say(f"  plain asyncio loop, {rows} rows ...")
+            args = [PYTHON, str(HERE / "plain_loop.py"), str(manifest)]
+            args += [str(self.work / "loop" / key), "--concurrency", str(self.plan.concurrency)]
+            args += ["--expected", f"{self.plan.latency_s:g}"]
+            args += ["--poll-interval", f"{BatchOptions().poll_interval_s:g}"]
+            walls[key] = run_child(self.procs, f"loop-{key}-{n}", args, self.env, 600)
+            if key == "n":
+                text = (self.procs.logs / f"loop-{key}-{n}.log").read_text()
+                out = json.loads([line for line in text.splitlines() if line[:1] == "{"][-1])
+                out["max_in_flight"] = self.sim.stats()["max_in_flight"]
+        ideal = self.plan.ideal_s(n)
+        out.update(wall_s=walls["n"], wall_1row_s=walls["one"])
+        fits = walls["n"] > walls["one"]
+        out["wall_to_wall"] = ideal / (walls["n"] - walls["one"]) if fits else None
+        out["efficiency"] = ideal / (out["last_land"] - out["first_submit"])
+        return out
 
     # 7 ------------------------------------------------------------ provider cap
 

@@ -8,17 +8,17 @@ What a team runs (as tests/test_deployments.py does): a long-lived `prefect serv
 `i2v-process`, the global concurrency limit `atlascloud` of C slots (the provider cap),
 `prefect deploy --all --prefect-file deployments/prefect.yaml` from the repo root, the
 simulator's key in a Secret block (the workers have no ATLASCLOUD_API_KEY), and two
-`prefect worker start --pool i2v-process --limit 3` (the parent holds a worker slot
-while it waits). Then one flow run of i2v-fanout/fanout over N distinct rows in
-shards of `shard_size` rows, each shard with `concurrency` C, against the bench's
-simulator (latency L, max_concurrent C). The workers look for work every second
-(PREFECT_WORKER_QUERY_SECONDS=1, as the test's; Prefect's default is 10 s), so a shard
-does not wait up to 10 s for a worker to notice it.
+`i2v worker --pool i2v-process --limit 4`, as the README starts them (each polls a
+queue of its own besides `default`, every 2 s). Then one flow run of i2v-fanout/fanout
+over N distinct rows in shards of `shard_size` rows (the first runs in the parent),
+each shard with `concurrency` C, against the bench's simulator (latency L,
+max_concurrent C).
 
 Measured:
   - efficiency: ideal N * L / C over first submission -> last landing (DEST/_state);
   - the parent flow run's own wall time (its start -> end state, from the server) and
-    ideal / that; and created -> final as the bench saw it (worker pick-up included);
+    ideal / that; and created -> final as the bench saw it (worker pick-up included),
+    as a user sees it, and ideal / that;
   - max predictions in flight at the simulator (never over C) and jobs created (= N:
     every input paid once);
   - the task runs in state Crashed and the flow runs not Completed (read from the
@@ -93,7 +93,6 @@ def run(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
         # deployments/prefect.yaml fills the inbox deployment's parameters from these;
         # its schedule is switched off below.
@@ -148,9 +147,9 @@ def run(
             inbox = client.read_deployment_by_name(INBOX)
             for sched in inbox.schedules:  # no inbox tick during the measurement
                 client.update_deployment_schedule(inbox.id, sched.id, active=False)
-            for name in WORKERS:
-                args = [prefect(), "worker", "start", "--pool", POOL, "--name", name]
-                started.append(procs.start(f"fanout-{name}", [*args, "--limit", "3"], env))
+            for name in WORKERS:  # as the README starts them: `i2v worker --limit 4`
+                args = [str(BIN / "i2v"), "worker", "--pool", POOL, "--name", name]
+                started.append(procs.start(f"fanout-{name}", [*args, "--limit", "4"], env))
             t0 = time.monotonic()
             _wait_for_workers(client, started[1:], time.monotonic() + 180)
             setup["workers_s"] = time.monotonic() - t0
@@ -185,7 +184,12 @@ def run(
         _stop(procs, started)
 
     figures = _figures(plan, parent, flow_runs, task_runs, stats, procs.logs)
-    figures.update(setup=setup, created_to_final_s=seen_s, slots_held_after=held)
+    figures.update(
+        setup=setup,
+        created_to_final_s=seen_s,
+        created_to_final_efficiency=plan.ideal_s / seen_s,
+        slots_held_after=held,
+    )
     if figures["parent_state"] != "Completed":
         message = parent.state.message if parent.state is not None else ""
         figures["error"] = f"the fan-out ended {figures['parent_state']}: {message}"
@@ -246,7 +250,8 @@ def _wait_for_workers(client: Any, procs: list[Any], deadline: float) -> None:
     to start)."""
     while True:
         online = {w.name for w in client.read_workers_for_work_pool(POOL)}
-        if set(WORKERS) <= online:
+        polled = {q.name for q in client.read_work_queues(work_pool_name=POOL) if q.last_polled}
+        if set(WORKERS) <= online and {f"i2v-worker-{w}" for w in WORKERS} <= polled:
             return
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a worker exited before it came online; see its log")
@@ -292,7 +297,7 @@ def _figures(
     stats: dict[str, Any],
     logs: Path,
 ) -> dict[str, Any]:
-    shards = [r for r in flow_runs if "i2v-shard" in (r.tags or []) and r.id != parent.id]
+    shards = [r for r in flow_runs if r.name.startswith(f"{parent.name}-shard-")]
     wall = (
         (parent.end_time - parent.start_time).total_seconds()
         if parent.start_time and parent.end_time
@@ -323,7 +328,14 @@ def _figures(
             if r.start_time and r.end_time
         ),
         "shard_states": dict(Counter(_state(r) for r in shards)),
-        "shards_per_worker": dict(Counter(took.get(str(r.id), "?") for r in shards)),
+        # The shard with no deployment runs in the parent's process, on its worker.
+        "shards_per_worker": dict(
+            Counter(
+                took.get(str(r.id if r.deployment_id else parent.id), "?")
+                + ("" if r.deployment_id else " (in the parent)")
+                for r in shards
+            )
+        ),
         "max_in_flight": stats["max_in_flight"],
         "jobs_created": stats["jobs_created"],
         "paid_twice": sum(1 for v in stats["submissions_per_input"].values() if v > 1),

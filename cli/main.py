@@ -1,5 +1,5 @@
-"""The `i2v` command: one app with `run` (cli/run.py), `simulate`, `status` and `doctor`,
-and the console script's entry point.
+"""The `i2v` command: one app with `run` (cli/run.py), `simulate`, `status`, `doctor`
+and `worker`, and the console script's entry point.
 
 Exit codes: 0 every row landed; 1 some rows did not; 2 usage, config or auth error
 (nothing submitted); 130 / 143 stopped by SIGINT / SIGTERM (bookkeeping done).
@@ -21,6 +21,7 @@ from cli.run import run as run_command
 from cli.simulate import simulate as simulate_command
 from cli.status import STATUS_EXAMPLES
 from cli.status import status as status_command
+from cli.worker import worker as worker_command
 
 app = typer.Typer(
     add_completion=False,
@@ -61,6 +62,7 @@ app.command(name="run", cls=_PlainHelp, epilog=RUN_EXAMPLES)(run_command)
 app.command(name="simulate")(simulate_command)
 app.command(name="status", cls=_PlainHelp, epilog=STATUS_EXAMPLES)(status_command)
 app.command(name="doctor", cls=_PlainHelp, epilog=DOCTOR_EXAMPLES)(doctor_command)
+app.command(name="worker", cls=_PlainHelp)(worker_command)
 
 
 def main() -> None:

@@ -19,40 +19,37 @@ race for an input and a rerun of the fan-out pays nothing twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import contextlib
 import time
-from typing import Any
-from uuid import UUID
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
-from prefect.deployments import arun_deployment
-from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run as runtime_flow_run
-from prefect.states import Crashed
+from prefect.states import State
 from pydantic import Field
 
 from flows.authority import check_worker_settings
-from flows.lost_runs import mark_lost_runs
+from flows.batch import i2v_shard
 from flows.opening import OpenedRun, dry_run_summary, open_run
+from flows.shard_runs import (
+    SHARD_TAG,
+    ShardLauncher,
+    check_deployment,
+    shard_name,
+    shard_run,
+    watch,
+)
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
 from i2v.lifecycle import triage
-from i2v.liveness import HEARTBEAT_S
 from i2v.results import RunSummary, status_counts, top_errors, write_tables
 from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
-from i2v.shards import STATS, ShardReport, ShardRun, merge_shards, plan_shards
+from i2v.shards import STATS, ShardReport, merge_shards, plan_shards
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 from tasks.results_artifacts import publish_artifacts
 
-POLL_S = 2.0  # how often the parent reads its shards' states
-HEARTBEAT_CHECK_S = 10.0  # how often it reads their heartbeats
-NO_WORKER_WARNING_S = 120.0  # shards still waiting after this: say no worker takes them
 FANOUT_PROGRESS_KEY = "i2v-fanout-progress"
 SHARD_DEPLOYMENT = "i2v-shard/shard"  # flows/batch.py:i2v_shard, deployments/prefect.yaml
 
@@ -74,6 +71,7 @@ async def i2v_fanout(
     shard_size: int = 50,
     options: BatchOptions = BatchOptions(),
     deployment: str = SHARD_DEPLOYMENT,
+    shard_in_parent: bool = True,
 ) -> FanoutSummary:
     """Split SOURCE into shards run by workers of the pool; merge their results.
 
@@ -86,6 +84,8 @@ async def i2v_fanout(
             the global concurrency limit caps all shards together.
         deployment: The deployment that runs each shard, FLOW/DEPLOYMENT (the internal
             i2v-shard/shard).
+        shard_in_parent: Run the first shard in this flow run, as a subflow, while the
+            workers pick up the others: the provider's slots fill from the start.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -106,11 +106,12 @@ async def i2v_fanout(
             "api.base_url to it instead"
         )
 
-    runs = await _launch(shards, source, dest, options, deployment)
+    pool = await check_deployment(deployment)
+    launcher = ShardLauncher(source, dest, options, deployment, pool, total=len(shards))
     reporter = ProgressReporter(FANOUT_PROGRESS_KEY, label="rows")
     await reporter.start(len(plans))
     try:
-        finished = await _wait(runs, shards, reporter)
+        finished = await _run_shards(launcher, shards, reporter, in_parent=shard_in_parent)
     finally:
         await reporter.finish()
 
@@ -119,7 +120,7 @@ async def i2v_fanout(
         storage,
         plans,
         shards,
-        [_shard_run(run) for run in finished],
+        [shard_run(run) for run in finished],
         options,
         opened.manifest.extra_columns,
     )
@@ -178,137 +179,6 @@ async def i2v_fanout(
     return summary
 
 
-async def _launch(
-    shards: list[list[int]],
-    source: str,
-    dest: str,
-    options: BatchOptions,
-    deployment: str,
-) -> list[FlowRun]:
-    """One flow run of the shard deployment per shard, linked as subflows of this run."""
-    logger = get_run_logger()
-    parent = str(runtime_flow_run.get_id() or "local")
-    parent_name = runtime_flow_run.get_name() or "i2v-fanout"
-    base: dict[str, Any] = {
-        "source": source,
-        "dest": dest,
-        # mode="json": plain JSON values, as the deployment's schema checks them.
-        "options": options.model_dump(mode="json"),
-    }
-    await _check_deployment(deployment)
-    runs: list[FlowRun] = []
-    for index, lines in enumerate(shards, 1):
-        digest = hashlib.sha256(json.dumps(lines).encode()).hexdigest()[:12]
-        run = await arun_deployment(
-            name=deployment,
-            parameters={**base, "lines": lines},
-            timeout=0,
-            as_subflow=True,
-            flow_run_name=f"{parent_name}-shard-{index}-of-{len(shards)}",
-            tags=["i2v-shard"],
-            # A retried parent finds its shards again instead of starting (and paying
-            # for) new ones; a new run of the fan-out has a new id, so new shard runs.
-            idempotency_key=f"i2v-fanout:{parent}:{index}:{digest}",
-        )
-        runs.append(run)
-        logger.info(
-            "shard %d/%d: %d rows (lines %d-%d) as flow run %s",
-            index,
-            len(shards),
-            len(lines),
-            lines[0],
-            lines[-1],
-            run.name,
-        )
-    return runs
-
-
-async def _check_deployment(deployment: str) -> None:
-    """The shard deployment exists (before any shard is created)."""
-    async with get_client() as client:
-        try:
-            await client.read_deployment_by_name(deployment)
-        except ObjectNotFound:
-            raise ConfigError(
-                f"deployment {deployment!r} not found: deploy it with `prefect deploy --all "
-                "--prefect-file deployments/prefect.yaml`, or pass `deployment`"
-            ) from None
-
-
-async def _wait(
-    runs: list[FlowRun], shards: list[list[int]], reporter: ProgressReporter
-) -> list[FlowRun]:
-    """Poll the shards' flow runs until each is final; log each state change once.
-
-    A running shard that stops sending heartbeats (its machine or worker was lost) is
-    marked Crashed here, so the fan-out never waits for a run nobody runs any more.
-    """
-    logger = get_run_logger()
-    me = runtime_flow_run.get_id()
-    next_check = time.monotonic() + HEARTBEAT_CHECK_S
-    latest: dict[UUID, FlowRun] = {run.id: run for run in runs}
-    index = {run.id: i for i, run in enumerate(runs)}
-    seen: dict[UUID, str] = {}
-    pending = set(latest)
-    waited_since = time.monotonic()
-    warned = False
-    async with get_client() as client:
-        while pending:
-            fresh = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending)))
-            )
-            for gone in pending - {run.id for run in fresh}:  # deleted by someone
-                logger.warning("shard flow run %s no longer exists", latest[gone].name)
-                pending.discard(gone)
-                latest[gone] = latest[gone].model_copy(
-                    update={"state": Crashed(message="the shard's flow run was deleted")}
-                )
-            for run in fresh:
-                latest[run.id] = run
-                name = _state_name(run)
-                i = index[run.id]
-                if seen.get(run.id) != name:
-                    seen[run.id] = name
-                    logger.info("shard %d/%d (%s): %s", i + 1, len(runs), run.name, name)
-                if run.state is not None and run.state.is_final():
-                    pending.discard(run.id)
-                    reporter.advance(len(shards[i]), status=name.lower())
-            if not pending:
-                break
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + HEARTBEAT_CHECK_S
-                live = [latest[r] for r in pending]
-                lost = await mark_lost_runs(client, live, HEARTBEAT_S, me=UUID(me) if me else None)
-                for run_id, why in (lost or {}).items():
-                    logger.warning(
-                        "shard %d/%d (%s) marked Crashed: %s; not waiting for it",
-                        index[run_id] + 1,
-                        len(runs),
-                        latest[run_id].name,
-                        why,
-                    )
-                if lost:
-                    continue  # read their new state at once
-            started = any(seen.get(r) not in ("Scheduled", "Late", "Pending") for r in pending)
-            if not warned and not started and time.monotonic() - waited_since > NO_WORKER_WARNING_S:
-                warned = True
-                logger.warning(
-                    "%d shards are still waiting for a worker after %.0f s: is a worker "
-                    "running on the deployment's work pool (`prefect worker start --pool "
-                    "<pool>`)?",
-                    len(pending),
-                    NO_WORKER_WARNING_S,
-                )
-            await asyncio.sleep(POLL_S)
-    return [latest[run.id] for run in runs]
-
-
-def _state_name(run: FlowRun) -> str:
-    if run.state is None:
-        return "Unknown"
-    return run.state.name or run.state.type.value.title()
-
-
 async def _dry_run(
     options: BatchOptions, opened: OpenedRun, source: str, shards: list[list[int]]
 ) -> FanoutSummary:
@@ -340,13 +210,45 @@ async def _dry_run(
     )
 
 
-def _shard_run(run: FlowRun) -> ShardRun:
-    return ShardRun(
-        flow_run_id=str(run.id),
-        name=run.name,
-        state=_state_name(run),
-        message=run.state.message if run.state else None,
-    )
+async def _run_shards(
+    launcher: ShardLauncher,
+    shards: list[list[int]],
+    reporter: ProgressReporter,
+    *,
+    in_parent: bool,
+) -> list[FlowRun]:
+    """Every shard to a final state: the first here (when `in_parent`), the others on
+    the workers; their flow runs in shard order."""
+    numbered = dict(enumerate(shards, 1))
+    own = numbered.pop(1) if in_parent else None
+    here = asyncio.create_task(_shard_here(launcher, own)) if own is not None else None
+    try:
+        runs = await launcher.launch(numbered) if numbered else {}
+        finished = await watch(launcher, numbered, runs, reporter) if runs else {}
+    except BaseException:
+        if here is not None:  # the shard here winds down with its bookkeeping done
+            here.cancel()
+            with contextlib.suppress(BaseException):
+                await here
+        raise
+    if here is not None:
+        finished[1] = mine = await here
+        reporter.advance(len(shards[0]), status=shard_run(mine).state.lower())
+    return [finished[i] for i in sorted(finished)]
+
+
+async def _shard_here(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
+    """Shard 1 as a subflow of this run, in this process (tagged as the others are: the
+    lost-shard automation judges it by its heartbeats)."""
+    shard = i2v_shard.with_options(flow_run_name=shard_name(1, launcher.total))
+    with tags(SHARD_TAG):
+        state: State = await shard(
+            launcher.source, launcher.dest, lines, launcher.options, return_state=True
+        )
+    async with get_client() as client:
+        run_id = state.state_details.flow_run_id
+        assert run_id is not None  # a subflow's state names its flow run
+        return await client.read_flow_run(run_id)
 
 
 def _shard_table_md(reports: list[ShardReport]) -> list[str]:

@@ -52,10 +52,10 @@ class Stack:
         assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{out}"
         return out
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *args: str, exe: str = "prefect") -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [str(BIN / "prefect"), *args],
+            [str(BIN / exe), *args],
             cwd=self.logs,
             env=self.env,
             stdout=log,
@@ -70,6 +70,11 @@ class Stack:
         return self.spawn(
             name, "worker", "start", "--pool", POOL, "--name", name, "--limit", str(limit)
         )
+
+    def i2v_worker(self, name: str, limit: int) -> subprocess.Popen[bytes]:
+        """A worker as the README starts one (`i2v worker`): its own queue for shards."""
+        args = ["worker", "--pool", POOL, "--name", name, "--limit", str(limit)]
+        return self.spawn(name, *args, "--query-seconds", "1", exe="i2v")
 
     def log_text(self, name: str) -> str:
         path = self.logs / f"{name}.log"

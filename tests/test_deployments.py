@@ -60,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.sim = sim
             s.cli("automation", "create", "--from-file", "deployments/automations.yaml")
             for name in WORKERS:
-                s.worker(name, limit=3)
+                s.i2v_worker(name, limit=3)
             yield s
     finally:
         sim.stop()
@@ -103,6 +103,12 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
     assert {"prefect.resource.id": "prefect.tag.i2v"} in related
     assert [a.type for a in lost.actions] == ["change-flow-run-state"]
     assert lost.actions[0].state == "CRASHED"
+    # ... and a fan-out's shards by their tag: the one in the parent has no deployment.
+    with client_for(stack.url) as client:
+        [shards] = client.read_automations_by_name("i2v-crash-lost-shards")
+    related = [dict(m.root) for m in shards.trigger.match_related]
+    assert related == [{"prefect.resource.id": "prefect.tag.i2v-shard"}]
+    assert shards.trigger.within.total_seconds() == 90 and shards.actions[0].state == "CRASHED"
 
     schema = batch.parameter_openapi_schema
     props = schema["properties"]
@@ -332,7 +338,7 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
         shard_runs = [
             r
             for r in client.read_flow_runs(limit=200)
-            if "i2v-shard" in (r.tags or []) and r.id != parent.id
+            if r.name.startswith(f"{parent.name}-shard-")
         ]
         artifacts = client.read_artifacts(limit=200)
         runs = client.read_flow_runs(limit=200)
@@ -355,26 +361,34 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
     assert sim.stats.jobs_created == distinct
     assert set(sim.stats.submissions_per_input.values()) == {1}, "an input was paid twice"
 
-    # Four shards, each a flow run of the shard deployment under the parent, on both workers.
+    # Four shards, each a subflow of the parent: the first runs in the parent's own
+    # process, the others are runs of the shard deployment, spread over both workers.
     assert len(shard_runs) == 4
     shard_id = stack.deployments["i2v-shard/shard"].id
     for run in shard_runs:
-        assert run.deployment_id == shard_id
         assert run.parent_task_run_id is not None, "a shard is not linked as a subflow"
         assert run.state is not None and run.state.is_completed()
         assert run.parameters["lines"] and "write_table" not in run.parameters
+    here = [r for r in shard_runs if r.deployment_id is None]
+    remote = [r for r in shard_runs if r.deployment_id == shard_id]
+    assert len(here) == 1 and here[0].name.endswith("-shard-1-of-4") and len(remote) == 3
     lines = [n for r in shard_runs for n in r.parameters["lines"]]
     assert sorted(lines) == sorted(table["line"]), "every row in exactly one shard"
-    took: dict[str, str] = {}
-    for run in shard_runs:
-        for name in WORKERS:
-            if any(
-                log.flow_run_id == run.id and f"Worker '{name}' submitting" in log.message
-                for log in logs
-            ):
-                took[str(run.id)] = name
-    assert len(took) == 4, took
+
+    def taken_by(run_id: Any) -> set[str]:
+        return {
+            name
+            for name in WORKERS
+            for log in logs
+            if log.flow_run_id == run_id and f"Worker '{name}' submitting" in log.message
+        }
+
+    (parent_worker,) = taken_by(parent.id)
+    took = {str(r.id): next(iter(taken_by(r.id))) for r in remote}
     assert set(took.values()) == set(WORKERS), f"one worker took every shard: {took}"
+    # Its own worker already runs the parent and shard 1: the other takes two.
+    assert sorted(took.values()).count(parent_worker) == 1, (parent_worker, took)
+    assert {r.work_queue_name for r in remote} == {f"i2v-worker-{n}" for n in WORKERS}
 
     # The provider never saw more predictions at once than the global limit, and the
     # limit was actually reached (several shards ran at once).

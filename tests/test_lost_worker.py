@@ -10,7 +10,8 @@ when a node is lost), so the module has a server of its own.
 2. The worker running the parent is lost. A new run of the fan-out starts new shard runs
    (their idempotency keys hold the parent's id) and finishes, while the lost parent's
    shards on the surviving worker finish too; nothing is paid twice. The shipped
-   automation (deployments/automations.yaml) marks the lost parent Crashed.
+   automations (deployments/automations.yaml) mark the lost parent Crashed, and the
+   shard that ran in its process.
 
 Prefect sends a heartbeat at most every 30 s (it refuses a lower
 PREFECT_FLOWS_HEARTBEAT_FREQUENCY, and its engine clamps to 30 s), so a loss shows after
@@ -192,7 +193,7 @@ def test_a_lost_worker_fails_the_fanout_in_minutes_and_a_rerun_finishes_it(
 ) -> None:
     rows = SHARDS * PER_SHARD
     with _fanout(stack, make_simulator, tmp_path) as (fan, client, sim, dest):
-        workers("keeper", 2)  # the parent and at most one shard: it survives
+        workers("keeper", 1)  # the parent, with shard 1 in its process: it survives
         first = fan.start()
         _wait("the parent to run", lambda: fan.state(first) == "RUNNING", 180)
         victim = workers("victim", 3)
@@ -293,7 +294,8 @@ def test_a_lost_parent_is_replaced_by_a_new_fanout_run_without_paying_twice(
     stack.cli("automation", "create", "--from-file", "deployments/automations.yaml")
     rows = SHARDS * PER_SHARD
     with _fanout(stack, make_simulator, tmp_path) as (fan, client, sim, dest):
-        host = workers("parent-host", 2)  # the parent and one shard: lost together
+        # The parent (with shard 1 in its process) and one more shard: lost together.
+        host = workers("parent-host", 2)
         first = fan.start()
         _wait("the parent to run", lambda: fan.state(first) == "RUNNING", 180)
         workers("survivor", 3)
@@ -302,13 +304,14 @@ def test_a_lost_parent_is_replaced_by_a_new_fanout_run_without_paying_twice(
             lambda: (
                 sim.stats.jobs_created >= 10
                 and fan.running_on("parent-host", first, 1)
-                and fan.running_on("survivor", first, 3)
+                and fan.running_on("survivor", first, 2)
             ),
             240,
             every=0.5,
         )
         old = {r.id: r for r in fan.shards(first)}
-        lost = fan.taken_by("parent-host", list(old.values()))
+        here = [r for r in old.values() if r.deployment_id is None]  # in the parent
+        lost = fan.taken_by("parent-host", list(old.values())) + here
         kill_machine(host)
         killed, killed_wall = time.monotonic(), time.time()
 
@@ -323,7 +326,11 @@ def test_a_lost_parent_is_replaced_by_a_new_fanout_run_without_paying_twice(
         for run_id in old:
             if run_id not in lost_ids:
                 assert fan.final(run_id, timeout=60).state.type.value == "COMPLETED"
-        # ... and the automation marks the lost parent Crashed: nothing shows it running.
+        # ... and the automations mark the lost parent and the shard in its process
+        # Crashed: nothing shows them running.
+        (shard_here,) = here
+        left_s = max(30.0, 180 - (time.monotonic() - killed))
+        assert fan.final(shard_here.id, timeout=left_s).state.type.value == "CRASHED"
         gone = fan.final(first, timeout=max(30.0, 180 - (time.monotonic() - killed)))
         crashed_s = time.monotonic() - killed
         beat = _last_beat_before(client, first, killed_wall)
