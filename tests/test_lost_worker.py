@@ -128,11 +128,14 @@ class Fanout:
         log = self.stack.log_text(worker)
         return [r for r in runs if str(r.id) in log]
 
-    def running_on(self, worker: str, parent: UUID, at_least: int) -> list[Any] | None:
-        """The worker's shards of `parent`, once `at_least` of them run."""
+    def running_on(self, worker: str, parent: UUID, taken: int) -> list[Any] | None:
+        """The worker's running shards of `parent`, once it has started all `taken` of
+        its shards (on a loaded machine the first may complete before the last starts)."""
         mine = self.taken_by(worker, self.shards(parent))
-        running = [r for r in mine if r.state is not None and r.state.type.value == "RUNNING"]
-        return running if len(running) >= at_least else None
+        states = [r.state.type.value if r.state is not None else "" for r in mine]
+        running = [r for r, s in zip(mine, states, strict=True) if s == "RUNNING"]
+        started = all(s in ("RUNNING", "COMPLETED") for s in states)
+        return running if len(mine) >= taken and started and running else None
 
 
 def _last_beat_before(client: Any, run_id: UUID, killed_wall: float) -> float | None:
