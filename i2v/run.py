@@ -30,7 +30,8 @@ from i2v.models import get_model
 from i2v.outage import DestWatch, Kept
 from i2v.polling import DurationEstimator, PollSchedule
 from i2v.sheet import SheetFrames
-from i2v.state import Action, InputRecord, StateStore
+from i2v.spend import Billing, billing_of
+from i2v.state import Action, InputRecord, Phase, StateStore
 from i2v.storage import Storage
 
 log = logging.getLogger("i2v.run")
@@ -102,6 +103,7 @@ class RecordFacts:
     video_height: int | None = None
     video_fps: float | None = None
     qc: str | None = None
+    phase: Phase | None = None  # for the bill (`i2v.spend`)
 
     @classmethod
     def of(cls, record: InputRecord | None) -> RecordFacts | None:
@@ -124,6 +126,12 @@ class JobOutcome:
     record: InputRecord | None = None
     paid_usd: float = 0.0  # spent by THIS run on this input
     facts: RecordFacts | None = None
+
+    @property
+    def billing(self) -> Billing | None:
+        """Where this input's price stands with the provider (`i2v.spend`)."""
+        f = self.shown
+        return billing_of(f.phase, f.prediction_id, f.cost_usd, self.error_code) if f else None
 
     @property
     def shown(self) -> RecordFacts | None:
@@ -265,6 +273,8 @@ class RunContext:
             self.winding_down.set()
 
     def emit(self, event: str, job: Job, outcome: JobOutcome | None = None) -> None:
+        if event == "outcome" and outcome and outcome.paid_usd and outcome.billing == "refunded":
+            self.budget.refund(outcome.paid_usd)  # the provider gave it back: later rows go
         for listener in self.listeners:
             with contextlib.suppress(Exception):  # a progress display must never sink a row
                 listener(event, job, outcome)
