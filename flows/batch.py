@@ -255,7 +255,7 @@ async def _batch(
         if needs_api and client is not None:
             catalog_price = await preflight(client, str(options.model))
             _log_prices(logger, options, catalog_price)
-            await before_paying(client, logger, options, jobs, catalog_price)
+            await before_paying(control, client, logger, options, jobs, catalog_price)
             cap = await provider_cap(options.global_concurrency_limit, options.concurrency)
             if cap is not None:
                 slot = cap.slot

@@ -53,6 +53,7 @@ class StopReason(StrEnum):
     AUTH = "auth"  # 401/403/451 or a block page: nothing will work
     MODEL = "model"  # the model is unknown
     SIGNAL = "signal"  # SIGINT / SIGTERM / a cancelled flow run: wind down, keep every id
+    APPROVAL = "approval"  # over approve_over_usd and not approved: nothing paid
     DEST = "dest"  # DEST did not answer for `dest_wait_s`: stop submitting, keep every id
 
 
@@ -297,6 +298,9 @@ class RunControl:
         # summary so `i2v status` can tell the exact command to rerun or resubmit.
         self.command: list[str] | None = None
         self._contexts: list[RunContext] = []
+        self.refused: str | None = None  # why the run may pay nothing (approval refused)
+        # The CLI's own question (yes/no on a terminal) instead of a flow pause.
+        self.approver: Callable[[str], bool] | None = None
 
     def phase(self, name: str, **counts: int) -> None:
         """Tell the caller where the run is (a progress display; never fails the run)."""
@@ -306,6 +310,8 @@ class RunControl:
 
     def attach(self, ctx: RunContext) -> None:
         self._contexts.append(ctx)
+        if self.refused is not None:
+            ctx.stop(StopReason.APPROVAL, self.refused)
         if self.signal is not None:
             self._stop(ctx)
 
