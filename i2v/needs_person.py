@@ -192,3 +192,4 @@ def fill_spend(spend: Spend, bills: Bills) -> None:
     spend.by_day = by_day_usd(bills)
     spend.days = dict(sorted(bills.by_day.items()))
     spend.by_model = dict(sorted(bills.by_model.items()))
+    spend.cells = dict(sorted(bills.cells.items()))

@@ -86,6 +86,7 @@ class Bills(BaseModel):
     total: Bill = Field(default_factory=Bill)
     by_day: dict[str, Bill] = Field(default_factory=dict)
     by_model: dict[str, Bill] = Field(default_factory=dict)
+    cells: dict[str, Bill] = Field(default_factory=dict)  # "DAY MODEL": for reconciling
 
     def add(self, billing: Billing | None, usd: float, day: str | None, model: str) -> None:
         if billing is None:
@@ -93,6 +94,7 @@ class Bills(BaseModel):
         self.total.add(billing, usd)
         if day:
             self.by_day.setdefault(day, Bill()).add(billing, usd)
+            self.cells.setdefault(f"{day} {model}", Bill()).add(billing, usd)
         self.by_model.setdefault(model, Bill()).add(billing, usd)
 
 

@@ -76,6 +76,7 @@ class Spend(BaseModel):
     by_day: dict[str, float] = Field(default_factory=dict)  # spent per UTC day
     days: dict[str, Bill] = Field(default_factory=dict)  # the bill per UTC day
     by_model: dict[str, Bill] = Field(default_factory=dict)
+    cells: dict[str, Bill] = Field(default_factory=dict)  # "DAY MODEL" (`i2v.reconcile`)
 
 
 class DestStatus(BaseModel):
