@@ -17,7 +17,8 @@ from i2v.account import balance_preflight
 from i2v.client import AtlasClient
 from i2v.config import BatchOptions
 from i2v.estimate import Estimate, describe, estimate
-from i2v.run import RunControl
+from i2v.run import RunAborted, RunControl
+from i2v.state import Action
 
 
 class Approval(RunInput):
@@ -89,3 +90,35 @@ async def _ask(
     if answer is None or not answer.approve:
         return None
     return answer.budget_usd if answer.budget_usd is not None else est_usd
+
+
+async def approve_parent(
+    options: BatchOptions, jobs: Sequence[Any], log: logging.Logger | logging.LoggerAdapter[Any]
+) -> tuple[BatchOptions, dict[int, float] | None]:
+    """The fan-out's one question for all its shards (`jobs` triaged by the parent).
+
+    Returns the shards' options (they never ask again) and, when approved over the
+    threshold, each manifest line's share of the approved budget (by its input's price),
+    so every shard is capped at its share. Refused or unanswered: `RunAborted`, before
+    any shard starts, so nothing is paid."""
+    shard_options = options.model_copy(update={"approve_over_usd": None})
+    est = estimate(options, jobs)
+    if not needs_approval(options, est):
+        return shard_options, None
+    head = (
+        f"This fan-out would pay about ${est.usd:.2f}, over approve_over_usd "
+        f"${options.approve_over_usd:.2f}. Approve it (optionally with a budget)?"
+    )
+    budget = await _ask(RunControl(), options, est.usd, f"{head}\n\n{describe(est, None)}", log)
+    if budget is None:
+        raise RunAborted("not approved (approve_over_usd): no shard started, nothing paid")
+    if options.budget_usd is not None:
+        budget = min(budget, options.budget_usd)
+    scale = budget / est.usd if est.usd else 0.0
+    shares: dict[int, float] = {}
+    for job in jobs:
+        if job.outcome is None and job.action is Action.SUBMIT:
+            price = options.price(job.duration)
+            shares[job.primary.row.line] = price * scale
+    log.info("approved: budget $%.2f over the shards", budget)
+    return shard_options, shares

@@ -29,6 +29,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from pydantic import Field
 
+from flows.approval import approve_parent
 from flows.authority import check_worker_settings
 from flows.batch import i2v_shard
 from flows.opening import OpenedRun, dry_run_summary, open_run
@@ -107,7 +108,8 @@ async def i2v_fanout(
         )
 
     pool = await check_deployment(deployment)
-    launcher = ShardLauncher(source, dest, options, deployment, pool, total=len(shards))
+    options, budgets = await _approved(options, opened)
+    launcher = ShardLauncher(source, dest, options, deployment, pool, len(shards), budgets)
     reporter = ProgressReporter(FANOUT_PROGRESS_KEY, label="rows")
     await reporter.start(len(plans))
     try:
@@ -179,6 +181,18 @@ async def i2v_fanout(
     return summary
 
 
+async def _approved(
+    options: BatchOptions, opened: OpenedRun
+) -> tuple[BatchOptions, dict[int, float] | None]:
+    """Over `approve_over_usd`: ask once here, for every shard (`flows/approval.py`)."""
+    if options.approve_over_usd is None:
+        return options, None
+    ctx = RunContext(options=options, dest=opened.dest, run_id=opened.run_id, s3_client=opened.s3)
+    jobs = group_jobs(opened.plans, options)
+    await triage(ctx, jobs)
+    return await approve_parent(options, jobs, get_run_logger())
+
+
 async def _dry_run(
     options: BatchOptions, opened: OpenedRun, source: str, shards: list[list[int]]
 ) -> FanoutSummary:
@@ -243,7 +257,7 @@ async def _shard_here(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
     shard = i2v_shard.with_options(flow_run_name=shard_name(1, launcher.total))
     with tags(SHARD_TAG):
         state: State = await shard(
-            launcher.source, launcher.dest, lines, launcher.options, return_state=True
+            launcher.source, launcher.dest, lines, launcher.options_for(lines), return_state=True
         )
     async with get_client() as client:
         run_id = state.state_details.flow_run_id

@@ -149,3 +149,41 @@ def test_under_the_threshold_never_pauses(stack: Stack, tmp_path: Path) -> None:
         states = client.read_flow_run_states(run.id)
     assert not any(s.is_paused() for s in states)
     assert _jobs(stack) == before + 3
+
+
+def test_a_fanout_asks_once_in_the_parent(stack: Stack, tmp_path: Path) -> None:
+    before = _jobs(stack)
+    options = {
+        "poll_interval_s": 0.2,
+        "expected_duration_s": 0.5,
+        "approve_over_usd": 0.5,
+        "approve_timeout_s": 120,
+        "api": {"base_url": stack.sim.url, "api_key_secret_block": SECRET_BLOCK},
+    }
+    dest = tmp_path / "dest"
+    with client_for(stack.url) as client:
+        run = client.create_flow_run_from_deployment(
+            stack.deployments["i2v-fanout/fanout"].id,
+            parameters={
+                "source": str(_manifest(tmp_path, "fanned")),
+                "dest": str(dest),
+                "shard_size": 2,
+                "options": options,
+            },
+        )
+    paused = _wait(stack, run.id, lambda s: s.is_paused() or s.is_final())
+    assert paused.state.is_paused(), paused.state
+    assert _jobs(stack) == before
+    _resume(stack, run.id, {"approve": True})
+    done = _wait(stack, run.id, lambda s: s.is_final())
+    assert done.state.is_completed(), done.state
+    assert _jobs(stack) == before + 3
+    table = pd.read_parquet(dest / "results.parquet")
+    assert set(table["status"]) == {"landed"}, table[["id", "status", "error"]]
+    with client_for(stack.url) as client:
+        shards = [
+            r for r in client.read_flow_runs(limit=200) if r.name.startswith(f"{done.name}-shard-")
+        ]
+        assert len(shards) == 2
+        for shard in shards:
+            assert not any(s.is_paused() for s in client.read_flow_run_states(shard.id))
