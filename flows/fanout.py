@@ -47,7 +47,7 @@ from i2v.lifecycle import triage
 from i2v.results import RunSummary, status_counts, top_errors, write_tables
 from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
-from i2v.shards import STATS, ShardReport, merge_shards, plan_shards
+from i2v.shards import MONEY, STATS, ShardReport, merge_shards, plan_shards
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 from tasks.results_artifacts import publish_artifacts
 
@@ -141,6 +141,8 @@ async def i2v_fanout(
     )
     for name in STATS:
         setattr(summary, name, sum(r.stats.get(name, 0) for r in reports))
+    for name in MONEY:
+        setattr(summary, name, round(sum(r.money.get(name, 0.0) for r in reports), 4))
     uris = await asyncio.to_thread(write_tables, storage, frame, run_id, summary, publish=True)
     summary.results_uri = uris["parquet"]
     landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]

@@ -5,6 +5,7 @@ input through the API) pays each row once; refusing pays nothing; under it, no p
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import time
 import uuid
@@ -180,6 +181,9 @@ def test_a_fanout_asks_once_in_the_parent(stack: Stack, tmp_path: Path) -> None:
     assert _jobs(stack) == before + 3
     table = pd.read_parquet(dest / "results.parquet")
     assert set(table["status"]) == {"landed"}, table[["id", "status", "error"]]
+    summaries = [json.loads(p.read_text()) for p in (dest / "runs").glob("*/summary.json")]
+    [parent] = [s for s in summaries if s.get("shards")]
+    assert parent["spent_usd"] == pytest.approx(0.84) == parent["charged_usd"]
     with client_for(stack.url) as client:
         shards = [
             r for r in client.read_flow_runs(limit=200) if r.name.startswith(f"{done.name}-shard-")
