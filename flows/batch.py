@@ -36,14 +36,7 @@ from i2v.lifecycle import run_jobs, triage
 from i2v.memory import limit_malloc_arenas
 from i2v.models import get_model
 from i2v.preflight import preflight
-from i2v.results import (
-    RunSummary,
-    qc_flags,
-    result_rows,
-    run_bill,
-    status_counts,
-    top_errors,
-)
+from i2v.results import RunSummary, qc_flags, result_rows, status_counts, top_errors
 from i2v.rows import group_jobs
 from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReason
 from i2v.sheet import SheetFrames
@@ -347,7 +340,7 @@ async def publish_run(
         rows=len(frame),
         inputs=len(jobs),
         counts=status_counts(frame),
-        **run_bill(jobs),
+        **RunSummary.money_of(jobs),
         submissions=ctx.stats.submissions,
         uploads=ctx.stats.uploads,
         polls=ctx.stats.polls,

@@ -177,6 +177,11 @@ class RunSummary(BaseModel):
     qc_flagged: list[tuple[str, str]] = Field(default_factory=list)
     results_uri: str | None = None
 
+    @staticmethod
+    def money_of(jobs: Sequence[Job]) -> dict[str, float]:
+        """The money fields over what THIS run submitted (`run_bill`)."""
+        return run_bill(jobs)
+
     @property
     def bill_note(self) -> str:
         """The spent figure's parts (`i2v.spend`)."""
