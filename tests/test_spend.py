@@ -63,3 +63,16 @@ def test_a_budget_frees_refunded_money(simulator: Any, pictures: Path, tmp_path:
     assert list(table["status"]).count("landed") == 4, table[["id", "status", "error"]]
     assert summary.spent_usd == pytest.approx(1.12) and summary.refunded_usd == 0.56
     assert simulator.stats.jobs_created == 6
+
+
+def test_an_unanswered_approval_pays_nothing(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    rows = [{"id": f"r{i}", "image": "astronaut.png", "prompt": f"wait {i}"} for i in range(3)]
+    dest = tmp_path / "out"
+    options = options_for(simulator, approve_over_usd=0.5, approve_timeout_s=2)
+    summary = run_batch(write_manifest(pictures, rows), dest, options)
+    assert simulator.stats.jobs_created == 0 and simulator.stats.uploads == 0
+    table = pd.read_parquet(dest / "results.parquet")
+    assert set(table["status"]) == {"not_submitted"}
+    assert summary.stop_reason == "approval" and summary.spent_usd == 0.0
