@@ -79,6 +79,9 @@ def run(
             help="Pay again for inputs whose answer was lost (may pay twice).",
         ),
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Approve a run over approve_over_usd without asking.")
+    ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Prefect's logs and full tracebacks.")
     ] = False,
@@ -110,7 +113,7 @@ def run(
             "--resubmit-ambiguous": resubmit_ambiguous,
         },
     )
-    code = _run_flow(source, dest, options, verbose=verbose, command=command)
+    code = _run_flow(source, dest, options, verbose=verbose, command=command, yes=yes)
     exit_fast()
     raise typer.Exit(code)
 
@@ -138,7 +141,13 @@ PRELOAD = (
 
 
 def _run_flow(
-    source: str, dest: str, options: Any, *, verbose: bool, command: list[str] | None = None
+    source: str,
+    dest: str,
+    options: Any,
+    *,
+    verbose: bool,
+    command: list[str] | None = None,
+    yes: bool = False,
 ) -> int:
     import importlib
 
@@ -170,6 +179,7 @@ def _run_flow(
         return usage_error(exc)
     from prefect import tags
 
+    from cli.approve import approver
     from cli.progress import RunProgress
     from flows.batch import i2v_batch
     from flows.control import controlled
@@ -180,6 +190,7 @@ def _run_flow(
     progress = RunProgress(err, total=rows, simulated=options.api.simulator)
     control = RunControl([progress.listener], [progress.phase])
     control.command = command
+    control.approver = approver(yes)
     try:
         # Tagged like the deployments' runs, so one filter in the UI finds them all.
         with progress, controlled(control), tags("i2v"):

@@ -23,6 +23,10 @@ def simulate(
     balance_jobs: Annotated[
         int | None, typer.Option("--balance-jobs", help="Answer 402 after this many jobs.")
     ] = None,
+    balance_usd: Annotated[
+        float | None,
+        typer.Option("--balance-usd", help="The account's balance: 402 once it can't pay."),
+    ] = None,
     max_concurrent: Annotated[
         int | None, typer.Option("--max-concurrent", help="Provider cap on jobs processing.")
     ] = None,
@@ -43,6 +47,7 @@ def simulate(
         rate_429=rate_429,
         rate_5xx=rate_5xx,
         balance_jobs=balance_jobs,
+        balance_usd=balance_usd,
         max_concurrent=max_concurrent,
         api_key=api_key,
         moderation_trigger=moderation_trigger,

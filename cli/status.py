@@ -23,7 +23,8 @@ STATUS_EXAMPLES = """Examples:
 
   i2v status s3://bucket/videos/run1 --attach journal.jsonl
 
-Reads DEST/_state/, DEST/results.parquet and DEST/runs/*/summary.json; calls no API.
+Reads DEST/_state/, DEST/results.parquet and DEST/runs/*/summary.json; calls no API
+(but --reconcile, which reads the account's daily usage and costs with the key).
 --attach writes the paid records a run kept on another machine (the journal file its
 "DEST unreachable" message named) into DEST first.
 Exit codes: 0 nothing needs a person, 1 something does (listed with what to do),
@@ -48,6 +49,13 @@ def status(
             help="First write into DEST the paid records a stopped run kept in FILE (its journal).",
         ),
     ] = None,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="Compare with the provider's daily usage and costs (needs ATLASCLOUD_API_KEY).",
+        ),
+    ] = False,
 ) -> None:
     """Say what DEST holds: rows and inputs by status, money spent, the last runs, and
     the rows that need a person, each with what to do."""
@@ -64,14 +72,22 @@ def status(
         if attach is not None:
             _attach(storage, attach)
         found = dest_status(storage)
+        checked = _reconcile(found) if reconcile else None
     except ConfigError as exc:
         raise typer.Exit(usage_error(exc)) from None
     except StorageError as exc:
         raise typer.Exit(usage_error(exc, "storage error")) from None
     if as_json:
-        sys.stdout.write(json.dumps(found.as_json(), indent=1) + "\n")
+        body = found.as_json()
+        if checked is not None:
+            body["reconcile"] = checked.model_dump(mode="json")
+        sys.stdout.write(json.dumps(body, indent=1) + "\n")
     else:
         typer.echo(render_text(found))
+        if checked is not None:
+            from i2v.reconcile import render_reconciliation
+
+            typer.echo(render_reconciliation(checked))
     raise typer.Exit(found.exit_code)
 
 
@@ -90,3 +106,18 @@ def _attach(storage: Any, path: Path) -> None:
     sys.stderr.write(f"attached {path}: {written} kept records written into {storage.uri}\n")
     for conflict in conflicts:
         sys.stderr.write(f"  not attached: {conflict}\n")
+
+
+def _reconcile(found: Any) -> Any:
+    """The provider's daily figures beside the DEST's (`i2v.reconcile`); the key is
+    ATLASCLOUD_API_KEY's and the host ATLASCLOUD_BASE_URL's, as for `i2v run`."""
+    import asyncio
+
+    from i2v.client import AtlasClient
+    from i2v.reconcile import reconcile
+
+    async def go() -> Any:
+        async with AtlasClient(max_connections=4) as client:
+            return await reconcile(client, found.spent.cells)
+
+    return asyncio.run(go())

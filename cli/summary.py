@@ -25,7 +25,8 @@ def print_summary(summary: Any, dest: str) -> None:
         return
     out.print(
         f"run {summary.run_id}: spent ${summary.spent_usd:.2f}"
-        f"{' (simulated)' if summary.simulated else ''} on {summary.submissions} "
+        f"{' (simulated)' if summary.simulated else ''}{getattr(summary, 'bill_note', '')} on "
+        f"{summary.submissions} "
         f"submissions; {summary.polls} polls; {summary.elapsed_s:.1f} s"
     )
     if summary.stop_message:

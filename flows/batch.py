@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from flows.approval import before_paying
 from flows.authority import check_worker_settings
 from flows.clients import atlas_client
 from flows.control import current_control, stop_on_signals
@@ -247,6 +248,7 @@ async def _batch(
         if needs_api and client is not None:
             catalog_price = await preflight(client, str(options.model))
             _log_prices(logger, options, catalog_price)
+            await before_paying(control, client, logger, options, jobs, catalog_price)
             cap = await provider_cap(options.global_concurrency_limit, options.concurrency)
             if cap is not None:
                 slot = cap.slot
@@ -338,7 +340,7 @@ async def publish_run(
         rows=len(frame),
         inputs=len(jobs),
         counts=status_counts(frame),
-        spent_usd=round(ctx.budget.spent_usd, 4),
+        **RunSummary.money_of(jobs),
         submissions=ctx.stats.submissions,
         uploads=ctx.stats.uploads,
         polls=ctx.stats.polls,

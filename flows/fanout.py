@@ -29,6 +29,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from pydantic import Field
 
+from flows.approval import approve_parent
 from flows.authority import check_worker_settings
 from flows.batch import i2v_shard
 from flows.opening import OpenedRun, dry_run_summary, open_run
@@ -46,7 +47,7 @@ from i2v.lifecycle import triage
 from i2v.results import RunSummary, status_counts, top_errors, write_tables
 from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
-from i2v.shards import STATS, ShardReport, merge_shards, plan_shards
+from i2v.shards import MONEY, STATS, ShardReport, merge_shards, plan_shards
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 from tasks.results_artifacts import publish_artifacts
 
@@ -107,7 +108,8 @@ async def i2v_fanout(
         )
 
     pool = await check_deployment(deployment)
-    launcher = ShardLauncher(source, dest, options, deployment, pool, total=len(shards))
+    options, budgets = await _approved(options, opened)
+    launcher = ShardLauncher(source, dest, options, deployment, pool, len(shards), budgets)
     reporter = ProgressReporter(FANOUT_PROGRESS_KEY, label="rows")
     await reporter.start(len(plans))
     try:
@@ -139,6 +141,8 @@ async def i2v_fanout(
     )
     for name in STATS:
         setattr(summary, name, sum(r.stats.get(name, 0) for r in reports))
+    for name in MONEY:
+        setattr(summary, name, round(sum(r.money.get(name, 0.0) for r in reports), 4))
     uris = await asyncio.to_thread(write_tables, storage, frame, run_id, summary, publish=True)
     summary.results_uri = uris["parquet"]
     landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]
@@ -177,6 +181,18 @@ async def i2v_fanout(
             "not paid again"
         )
     return summary
+
+
+async def _approved(
+    options: BatchOptions, opened: OpenedRun
+) -> tuple[BatchOptions, dict[int, float] | None]:
+    """Over `approve_over_usd`: ask once here, for every shard (`flows/approval.py`)."""
+    if options.approve_over_usd is None:
+        return options, None
+    ctx = RunContext(options=options, dest=opened.dest, run_id=opened.run_id, s3_client=opened.s3)
+    jobs = group_jobs(opened.plans, options)
+    await triage(ctx, jobs)
+    return await approve_parent(options, jobs, get_run_logger())
 
 
 async def _dry_run(
@@ -243,7 +259,7 @@ async def _shard_here(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
     shard = i2v_shard.with_options(flow_run_name=shard_name(1, launcher.total))
     with tags(SHARD_TAG):
         state: State = await shard(
-            launcher.source, launcher.dest, lines, launcher.options, return_state=True
+            launcher.source, launcher.dest, lines, launcher.options_for(lines), return_state=True
         )
     async with get_client() as client:
         run_id = state.state_details.flow_run_id

@@ -67,7 +67,15 @@ class ShardLauncher:
     deployment: str
     pool: str
     total: int
+    line_budgets: dict[int, float] | None = None  # an approved budget, per line (approval)
     parent: str = field(default_factory=lambda: str(runtime_flow_run.get_id() or "local"))
+
+    def options_for(self, lines: list[int]) -> BatchOptions:
+        """A shard's options: capped at its lines' share of an approved budget."""
+        if self.line_budgets is None:
+            return self.options
+        share = sum(self.line_budgets.get(line, 0.0) for line in lines)
+        return self.options.model_copy(update={"budget_usd": round(share + 1e-6, 6)})
 
     async def create(
         self, index: int, lines: list[int], queue: str | None, moves: int = 0
@@ -79,7 +87,7 @@ class ShardLauncher:
                 "source": self.source,
                 "dest": self.dest,
                 # mode="json": plain JSON values, as the deployment's schema checks them.
-                "options": self.options.model_dump(mode="json"),
+                "options": self.options_for(lines).model_dump(mode="json"),
                 "lines": lines,
             },
             timeout=0,

@@ -171,6 +171,11 @@ class AtlasClient:
         )
         return body
 
+    async def account_get(self, path: str, what: str) -> Any:
+        """A `GET /public/v1/...` account report (balance, usage): `i2v.account`."""
+        body, _ = await self._session.call("GET", path, what=what)
+        return body
+
     async def check_model(self, model: str) -> float | None:
         """Raise `ModelNotFoundError` if the model list is readable and lacks `model`;
         return the model's listed price, if the list has one.

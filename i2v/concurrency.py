@@ -122,6 +122,10 @@ class Budget:
         self.reserved_usd = max(0.0, self.reserved_usd - cost_usd)
         self.spent_usd += cost_usd
 
+    def refund(self, cost_usd: float) -> None:
+        """The provider refunded a failed job: the money is free for later rows."""
+        self.spent_usd = max(0.0, self.spent_usd - cost_usd)
+
     def release(self, cost_usd: float) -> None:
         """The submission provably created no job: give the reservation back."""
         self.reserved_usd = max(0.0, self.reserved_usd - cost_usd)

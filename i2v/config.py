@@ -142,6 +142,16 @@ class BatchOptions(BaseModel):
         title="Budget (USD)",
         description="Never submit work that would take this run past this spend; empty: no cap.",
     )
+    approve_over_usd: float | None = Field(
+        None,
+        ge=0,
+        title="Ask for approval over (USD)",
+        description="A run whose new inputs would cost more waits for a person's OK before "
+        "its first paid call (a flow run pauses; the CLI asks, or needs --yes); empty: never.",
+    )
+    approve_timeout_s: int = Field(
+        3600, ge=1, title="Approval timeout (s)", description="Unanswered: the run pays nothing."
+    )
     dry_run: bool = Field(
         False, title="Dry run", description="Check every row and estimate cost; call no API."
     )

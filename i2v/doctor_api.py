@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from i2v.account import check_balance
 from i2v.client import AtlasClient
 from i2v.config import BatchOptions
 from i2v.doctor import Check
@@ -304,4 +305,6 @@ async def api_checks(
     if entry is not None:
         checks.append(await check_schema(client, entry, options))
     checks.append(check_price(entry, options))
+    if key_client is not None and checks[1].ok:
+        checks.append(await check_balance(key_client, options))
     return checks

@@ -13,9 +13,10 @@ from typing import Any
 from i2v.qc import is_flagged
 from i2v.results import RunSummary
 from i2v.run import RowStatus
+from i2v.spend import Bills, billing_facts, billing_of, by_day_usd
 from i2v.state import NO_OUTPUT, InputRecord, Phase, claim_is_live
 from i2v.status_advice import LANDING, Commands, advice
-from i2v.status_model import KINDS, DestStatus, Group, GroupKind, Item, RunLine
+from i2v.status_model import KINDS, DestStatus, Group, GroupKind, Item, RunLine, Spend
 from i2v.storage import Storage
 
 
@@ -62,7 +63,7 @@ def build_status(
 
     by_input: Counter[str] = Counter()
     spend = status.spent
-    days: dict[str, float] = defaultdict(float)
+    bills = Bills()
     ambiguous_runs: list[str | None] = []
     # Identity breaks ties so the index and a full read list a group in one order.
     for rec in sorted(
@@ -71,17 +72,12 @@ def build_status(
         ids = ids_of.get(rec.identity, [])
         kind = _input_status(rec, claim_ttl_s, now)
         by_input[kind] += 1
-        if kind == "ambiguous":
-            spend.maybe_usd += rec.cost_usd or 0.0
-            spend.maybe_inputs += 1
-        elif rec.cost_usd and rec.prediction_id:
-            spend.usd += rec.cost_usd
-            spend.inputs += 1
-            when = rec.submitted_at or rec.submit_started_at
-            if when:
-                spend.first_at = min(spend.first_at or when, when)
-                spend.last_at = max(spend.last_at or when, when)
-                days[when[:10]] += rec.cost_usd
+        bill = "maybe" if kind == "ambiguous" else billing_of(*billing_facts(rec))
+        when = rec.submitted_at or rec.submit_started_at
+        bills.add(bill, rec.cost_usd or 0.0, when[:10] if when else None, rec.model)
+        if bill in ("charged", "reserved") and when:
+            spend.first_at = min(spend.first_at or when, when)
+            spend.last_at = max(spend.last_at or when, when)
         base = Item(ids=ids, identity=rec.identity, prediction_id=rec.prediction_id)
         if kind == "ambiguous":
             ambiguous_runs.append(rec.owner_run)
@@ -96,8 +92,7 @@ def build_status(
             add("qc", "", base.model_copy(update={"qc": rec.qc, "video_uri": uri}))
     status.inputs = len(records)
     status.inputs_by_status = dict(by_input.most_common())
-    spend.usd, spend.maybe_usd = round(spend.usd, 4), round(spend.maybe_usd, 4)
-    spend.by_day = {d: round(v, 4) for d, v in sorted(days.items())}
+    fill_spend(spend, bills)
     spend.simulated = bool(runs) and all(r.simulated for r in runs if not r.dry_run)
 
     # Rows never paid have no record: the table says why.
@@ -184,3 +179,17 @@ def _not_submitted_reason(error: str | None) -> str:
         if any(w in text for w in words):
             return reason
     return "other"
+
+
+def fill_spend(spend: Spend, bills: Bills) -> None:
+    """The status's money from the records' bill (`i2v.spend`)."""
+    t = bills.total
+    spend.usd, spend.inputs = t.spent_usd, t.charged + t.reserved
+    spend.charged_usd, spend.reserved_usd = t.charged_usd, t.reserved_usd
+    spend.reserved_inputs = t.reserved
+    spend.refunded_usd, spend.refunded_inputs = t.refunded_usd, t.refunded
+    spend.maybe_usd, spend.maybe_inputs = t.maybe_usd, t.maybe
+    spend.by_day = by_day_usd(bills)
+    spend.days = dict(sorted(bills.by_day.items()))
+    spend.by_model = dict(sorted(bills.by_model.items()))
+    spend.cells = dict(sorted(bills.cells.items()))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from i2v.lifecycle import not_processed, rejected
 from i2v.qc import is_flagged
 from i2v.run import Job, RowPlan, RowStatus
+from i2v.spend import money_note, tally
 from i2v.storage import Storage
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ COLUMNS: list[str] = [
     "cost_usd",
     "submitted_at",
     "completed_at",
+    "billing",
+    "refund_usd",
     "line",
     "input_identity",
     "video_duration_s",
@@ -53,6 +56,7 @@ DTYPES: dict[str, str] = {
     "line": "Int64",
     "predict_time_s": "Float64",
     "cost_usd": "Float64",
+    "refund_usd": "Float64",
     "video_duration_s": "Float64",
     "video_width": "Int64",
     "video_height": "Int64",
@@ -106,10 +110,12 @@ def result_rows(
         add["video_sha256"](kept.video_sha256 if kept else None)
         add["video_bytes"](kept.video_bytes if kept else None)
         add["predict_time_s"](rec.predict_time_s if rec else None)
-        # The input's price once, on its first row; duplicates were copies.
-        add["cost_usd"](
-            ((rec.cost_usd or 0.0) if rec and is_primary else 0.0) if processed else None
-        )
+        # The input's bill once, on its first row; duplicates were copies.
+        bill = outcome.billing if is_primary else None
+        price = (rec.cost_usd or 0.0) if rec else 0.0
+        add["cost_usd"]((price if bill == "charged" else 0.0) if processed else None)
+        add["billing"](bill)
+        add["refund_usd"](price if bill == "refunded" else None)
         add["submitted_at"](rec.submitted_at if rec else None)
         add["completed_at"](rec.completed_at if rec else None)
         add["video_duration_s"](kept.video_duration_s if kept else None)
@@ -149,7 +155,11 @@ class RunSummary(BaseModel):
     rows: int
     inputs: int
     counts: dict[str, int]
-    spent_usd: float = 0.0
+    spent_usd: float = 0.0  # charged + reserved (`i2v.spend`)
+    charged_usd: float = 0.0  # videos made
+    reserved_usd: float = 0.0  # submitted, still in flight
+    refunded_usd: float = 0.0  # failed at the provider, given back
+    maybe_usd: float = 0.0  # ambiguous: a paid job may exist
     estimated_usd: float = 0.0
     submissions: int = 0
     uploads: int = 0
@@ -166,6 +176,16 @@ class RunSummary(BaseModel):
     # Landed videos the quality check flagged: (row id, reasons), in table order.
     qc_flagged: list[tuple[str, str]] = Field(default_factory=list)
     results_uri: str | None = None
+
+    @staticmethod
+    def money_of(jobs: Sequence[Job]) -> dict[str, float]:
+        """The money fields over what THIS run submitted (`run_bill`)."""
+        return run_bill(jobs)
+
+    @property
+    def bill_note(self) -> str:
+        """The spent figure's parts (`i2v.spend`)."""
+        return money_note(self.charged_usd, self.reserved_usd, self.refunded_usd, self.maybe_usd)
 
     @property
     def all_landed(self) -> bool:
@@ -265,3 +285,15 @@ def write_tables(
         storage.copy(f"{run_prefix}results.parquet", "results.parquet")
         storage.copy(f"{run_prefix}results.csv", "results.csv")
     return uris
+
+
+def run_bill(jobs: Sequence[Job]) -> dict[str, float]:
+    """The summary's money fields over what THIS run submitted (`i2v.spend`)."""
+    bill = tally((j.outcome.billing, j.outcome.paid_usd) for j in jobs if j.outcome)
+    return {
+        "spent_usd": bill.spent_usd,
+        "charged_usd": bill.charged_usd,
+        "reserved_usd": bill.reserved_usd,
+        "refunded_usd": bill.refunded_usd,
+        "maybe_usd": bill.maybe_usd,
+    }

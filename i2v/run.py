@@ -30,7 +30,8 @@ from i2v.models import get_model
 from i2v.outage import DestWatch, Kept
 from i2v.polling import DurationEstimator, PollSchedule
 from i2v.sheet import SheetFrames
-from i2v.state import Action, InputRecord, StateStore
+from i2v.spend import Billing, billing_of
+from i2v.state import Action, InputRecord, Phase, StateStore
 from i2v.storage import Storage
 
 log = logging.getLogger("i2v.run")
@@ -52,6 +53,7 @@ class StopReason(StrEnum):
     AUTH = "auth"  # 401/403/451 or a block page: nothing will work
     MODEL = "model"  # the model is unknown
     SIGNAL = "signal"  # SIGINT / SIGTERM / a cancelled flow run: wind down, keep every id
+    APPROVAL = "approval"  # over approve_over_usd and not approved: nothing paid
     DEST = "dest"  # DEST did not answer for `dest_wait_s`: stop submitting, keep every id
 
 
@@ -102,6 +104,7 @@ class RecordFacts:
     video_height: int | None = None
     video_fps: float | None = None
     qc: str | None = None
+    phase: Phase | None = None  # for the bill (`i2v.spend`)
 
     @classmethod
     def of(cls, record: InputRecord | None) -> RecordFacts | None:
@@ -124,6 +127,12 @@ class JobOutcome:
     record: InputRecord | None = None
     paid_usd: float = 0.0  # spent by THIS run on this input
     facts: RecordFacts | None = None
+
+    @property
+    def billing(self) -> Billing | None:
+        """Where this input's price stands with the provider (`i2v.spend`)."""
+        f = self.shown
+        return billing_of(f.phase, f.prediction_id, f.cost_usd, self.error_code) if f else None
 
     @property
     def shown(self) -> RecordFacts | None:
@@ -265,6 +274,8 @@ class RunContext:
             self.winding_down.set()
 
     def emit(self, event: str, job: Job, outcome: JobOutcome | None = None) -> None:
+        if event == "outcome" and outcome and outcome.paid_usd and outcome.billing == "refunded":
+            self.budget.refund(outcome.paid_usd)  # the provider gave it back: later rows go
         for listener in self.listeners:
             with contextlib.suppress(Exception):  # a progress display must never sink a row
                 listener(event, job, outcome)
@@ -287,6 +298,9 @@ class RunControl:
         # summary so `i2v status` can tell the exact command to rerun or resubmit.
         self.command: list[str] | None = None
         self._contexts: list[RunContext] = []
+        self.refused: str | None = None  # why the run may pay nothing (approval refused)
+        # The CLI's own question (yes/no on a terminal) instead of a flow pause.
+        self.approver: Callable[[str], bool] | None = None
 
     def phase(self, name: str, **counts: int) -> None:
         """Tell the caller where the run is (a progress display; never fails the run)."""
@@ -296,6 +310,8 @@ class RunControl:
 
     def attach(self, ctx: RunContext) -> None:
         self._contexts.append(ctx)
+        if self.refused is not None:
+            ctx.stop(StopReason.APPROVAL, self.refused)
         if self.signal is not None:
             self._stop(ctx)
 

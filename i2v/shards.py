@@ -46,7 +46,12 @@ class ShardReport(BaseModel):
     run_id: str | None = None  # the shard's i2v run id (its DEST/runs/<run-id>/ folder)
     counts: dict[str, int] = Field(default_factory=dict)
     spent_usd: float = 0.0
+    money: dict[str, float] = Field(default_factory=dict)  # charged_usd, refunded_usd, ...
     stats: dict[str, int] = Field(default_factory=dict)  # submissions, uploads, polls, ...
+
+
+# A run summary's money fields beside spent_usd (`i2v.spend`), summed over shards.
+MONEY = ("charged_usd", "reserved_usd", "refunded_usd", "maybe_usd")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ def merge_shards(
             if raw:
                 shard_summary = RunSummary.model_validate(json.loads(raw))
                 report.spent_usd = shard_summary.spent_usd
+                report.money = {k: float(getattr(shard_summary, k)) for k in MONEY}
                 report.counts = {k: v for k, v in shard_summary.counts.items() if v}
                 report.stats = {k: int(getattr(shard_summary, k)) for k in STATS}
             frames.append(table)

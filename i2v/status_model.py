@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from i2v.spend import Bill
+
 GroupKind = Literal["ambiguous", "timed_out", "failed", "not_submitted", "rejected", "qc"]
 # The order groups are shown in: what may have cost money first.
 KINDS: tuple[GroupKind, ...] = (
@@ -59,14 +61,22 @@ class RunLine(BaseModel):
 
 
 class Spend(BaseModel):
-    usd: float = 0.0  # inputs with a prediction id: paid
+    usd: float = 0.0  # videos made + reservations still open (`i2v.spend`)
     inputs: int = 0
+    charged_usd: float = 0.0  # videos made
+    reserved_usd: float = 0.0  # submitted, not finished
+    reserved_inputs: int = 0
+    refunded_usd: float = 0.0  # failed at the provider: given back, not spent
+    refunded_inputs: int = 0
     maybe_usd: float = 0.0  # ambiguous submissions: a paid job may exist
     maybe_inputs: int = 0
     simulated: bool = False  # every run summary says the provider was the simulator
     first_at: str | None = None
     last_at: str | None = None
-    by_day: dict[str, float] = Field(default_factory=dict)
+    by_day: dict[str, float] = Field(default_factory=dict)  # spent per UTC day
+    days: dict[str, Bill] = Field(default_factory=dict)  # the bill per UTC day
+    by_model: dict[str, Bill] = Field(default_factory=dict)
+    cells: dict[str, Bill] = Field(default_factory=dict)  # "DAY MODEL" (`i2v.reconcile`)
 
 
 class DestStatus(BaseModel):

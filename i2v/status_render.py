@@ -3,7 +3,10 @@ i2v-status flow's artifact (`render_markdown`)."""
 
 from __future__ import annotations
 
-from i2v.status_model import DestStatus, Group, Item
+from collections.abc import Callable
+
+from i2v.spend import bill_lines, bill_summary
+from i2v.status_model import DestStatus, Group, Item, Spend
 
 SHOWN_PER_GROUP = 10  # items per group in the text and markdown (the JSON has all)
 
@@ -57,8 +60,7 @@ def render_text(status: DestStatus) -> str:
             f"  and up to {_money(spend.maybe_usd, spend.simulated)} more: "
             f"{spend.maybe_inputs} ambiguous submissions may have been paid"
         )
-    if len(spend.by_day) > 1:
-        lines.append("  by day: " + ", ".join(f"{d} ${v:.2f}" for d, v in spend.by_day.items()))
+    lines += spend_detail(spend, lambda usd: _money(usd, spend.simulated), "  ")
     if status.runs:
         shown = len(status.runs)
         lines.append(f"last runs ({shown} of {status.runs_total}, newest first):")
@@ -114,6 +116,7 @@ def render_markdown(status: DestStatus) -> str:
             f"- up to {_money(spend.maybe_usd, spend.simulated)} more on "
             f"{spend.maybe_inputs} ambiguous submissions"
         )
+    lines += spend_detail(spend, lambda usd: _money(usd, spend.simulated), "- ")
     lines.append(
         f"- needs a person: {_rows(status.needs_person_rows)}"
         if status.needs_person
@@ -139,3 +142,19 @@ def render_markdown(status: DestStatus) -> str:
         lines += ["", "## Unreadable records", ""]
         lines += [f"- `{u}`" for u in status.unreadable[:50]]
     return "\n".join(lines)
+
+
+def spend_detail(spend: Spend, money: Callable[[float], str], lead: str) -> list[str]:
+    """The bill's parts, refunds, and the bill by day and by model (`i2v.spend`)."""
+    parts = bill_lines(
+        (spend.charged_usd, spend.inputs - spend.reserved_inputs),
+        (spend.reserved_usd, spend.reserved_inputs),
+        (spend.refunded_usd, spend.refunded_inputs),
+        money,
+    )
+    lines = [f"{lead}of which: " + "; ".join(parts)] if parts else []
+    for title, bills in (("by day", spend.days), ("by model", spend.by_model)):
+        if bills:
+            lines.append(f"{lead}{title}:")
+            lines += [f"{lead}  {k}: {bill_summary(b, money)}" for k, b in bills.items()]
+    return lines

@@ -70,6 +70,7 @@ async def publish_artifacts(
         ),
     )
     spend = f"${summary.spent_usd:.2f}" + (" (simulated)" if summary.simulated else "")
+    spend += summary.bill_note
     lines = [
         f"# i2v {title}",
         "",

@@ -81,9 +81,16 @@ def test_status_of_a_dest_made_by_two_runs(
     }
     assert body["inputs"] == 5
     assert body["inputs_by_status"] == {"landed": 2, "failed": 1, "timed_out": 1, "ambiguous": 1}
-    # Paid: a, mod, short, stuck (the copy is free); the lost answer may have been paid.
-    assert body["spent"]["usd"] == pytest.approx(4 * 0.28)
-    assert body["spent"]["inputs"] == 4
+    # Spent: a and short made, stuck reserved (the copy is free); mod refunded by the
+    # provider; the lost answer may have been paid.
+    assert body["spent"]["usd"] == pytest.approx(3 * 0.28)
+    assert body["spent"]["inputs"] == 3
+    assert body["spent"]["charged_usd"] == pytest.approx(2 * 0.28)
+    assert body["spent"]["reserved_usd"] == pytest.approx(0.28)
+    assert body["spent"]["refunded_usd"] == pytest.approx(0.28)
+    assert body["spent"]["refunded_inputs"] == 1
+    [model_bill] = body["spent"]["by_model"].values()
+    assert model_bill["refunded"] == 1 and model_bill["charged"] == 2 and model_bill["maybe"] == 1
     assert body["spent"]["maybe_usd"] == pytest.approx(0.28) and body["spent"]["maybe_inputs"] == 1
     assert body["spent"]["simulated"] is False  # an external simulator looks real
     assert len(body["spent"]["by_day"]) == 1 and body["spent"]["first_at"]
@@ -130,7 +137,9 @@ def test_status_of_a_dest_made_by_two_runs(
     assert text.exit_code == 1
     out = text.stdout
     assert "rows: 8 in the current table: 3 landed, 1 failed" in out
-    assert "spent: $1.12 on 4 paid inputs" in out
+    assert "spent: $0.84 on 3 paid inputs" in out
+    assert "1 refunded (failed at the provider) $0.28" in out
+    assert "by model:" in out and "by day:" in out
     assert "and up to $0.28 more: 1 ambiguous submissions may have been paid" in out
     assert "needs a person (6 rows):" in out
     assert f"command: {ambiguous['command']}" in out
@@ -210,10 +219,15 @@ def test_status_of_records_alone(tmp_path: Path) -> None:
     assert found[("ambiguous", "")]["command"] == (
         f"i2v run MANIFEST --dest {tmp_path} --config FILE --resubmit-ambiguous"
     )
-    assert body["spent"]["by_day"] == {"2025-06-01": pytest.approx(5 * 0.28), "2025-06-02": 0.28}
+    # The provider error (2013) was refunded; no output and purged were not.
+    assert body["spent"]["by_day"] == {"2025-06-01": pytest.approx(4 * 0.28), "2025-06-02": 0.28}
+    assert body["spent"]["days"]["2025-06-01"]["refunded"] == 1
     assert body["spent"]["last_at"] == "2025-06-02T09:00:00.000Z"
     text = runner.invoke(app, ["status", str(tmp_path)]).stdout
-    assert "by day: 2025-06-01 $1.40, 2025-06-02 $0.28" in text
+    assert (
+        "2025-06-01: spent $1.12 (4 charged $1.12; 1 refunded (failed at the provider) $0.28)"
+        in text
+    )
 
     (tmp_path / "_state" / f"{9:064x}.json").write_text("{not json")
     code, body = status_json(tmp_path)

@@ -33,6 +33,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from i2v.simulator.billing import (
+    available_usd,
+    balance_response,
+    price_of,
+    totals,
+    usage_response,
+)
 from i2v.simulator.catalog import input_schema_document, listing_entry
 from i2v.simulator.config import SimulatorConfig
 from i2v.simulator.gate import bearer_problem, blocked_agent, header
@@ -75,6 +82,9 @@ class Simulator:
                 Route("/_sim/schemas/{name:path}", self._schema, methods=["GET"]),
                 Route("/_sim/media/{token}", self._media_file, methods=["GET"]),
                 Route("/_sim/outputs/{id}.mp4", self._output, methods=["GET"]),
+                Route("/public/v1/balance", self._balance, methods=["GET"]),
+                Route("/public/v1/model-usage", self._usage, methods=["GET"]),
+                Route("/public/v1/model-costs", self._costs, methods=["GET"]),
                 Route("/_sim/stats", self._stats, methods=["GET"]),
                 Route("/_sim/config", self._config, methods=["GET", "POST"]),
                 Route("/_sim/reset", self._reset, methods=["POST"]),
@@ -217,6 +227,9 @@ class Simulator:
         cfg = self.config
         if cfg.balance_jobs is not None and self._accepted_jobs >= cfg.balance_jobs:
             raise ApiError(cfg.balance_status, "insufficient balance: top up your account")
+        left = available_usd(self.jobs, cfg, time.monotonic())
+        if left is not None and left + 1e-9 < price_of(cfg, spec.name, duration):
+            raise ApiError(402, f"insufficient balance (${left:.2f} left): top up your account")
         if cfg.max_concurrent is not None and self.stats.in_flight >= cfg.max_concurrent:
             raise ApiError(429, f"too many concurrent tasks (limit {cfg.max_concurrent})")
         lowered = prompt.lower()
@@ -344,8 +357,18 @@ class Simulator:
             headers={"content-length": str(total)},
         )
 
+    async def _balance(self, request: Request) -> Response:
+        return balance_response(request, self.jobs, self.config)
+
+    async def _usage(self, request: Request) -> Response:
+        return usage_response(request, self.jobs, self.config, costs=False)
+
+    async def _costs(self, request: Request) -> Response:
+        return usage_response(request, self.jobs, self.config, costs=True)
+
     async def _stats(self, request: Request) -> Response:
-        return JSONResponse(self.stats.snapshot())
+        billed = totals(self.jobs, self.config, time.monotonic())
+        return JSONResponse({**self.stats.snapshot(), **{f"{k}_usd": v for k, v in billed.items()}})
 
     async def _config(self, request: Request) -> Response:
         if request.method == "POST":

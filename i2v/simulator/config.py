@@ -36,6 +36,11 @@ class SimulatorConfig:
     corrupt_trigger: str = "corrupt file"
     balance_jobs: int | None = None  # after this many accepted jobs, generate refuses
     balance_status: int = 402  # ... with this status ("insufficient balance" either way)
+    # The account's money (`i2v.simulator.billing`): None is unlimited; otherwise generate
+    # answers 402 once what is left after charges and open reservations can't pay a video.
+    balance_usd: float | None = None
+    prices_usd: dict[str, float] = field(default_factory=dict)  # 'MODEL[:DURATION]' -> USD
+    account_api_status: int | None = None  # /public/v1/* answer this (403, 404, 500)
     generate_delay_s: float = 0.0  # the job is created, THEN the answer waits this long
     not_visible_s: float = 0.0  # prediction GET answers 404 this long after creation
     max_concurrent: int | None = None  # generate answers 429 while this many jobs process
