@@ -3,16 +3,22 @@ real field names and duration shapes, every body checked against the published s
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from i2v.errors import InputError
+from i2v.catalog import Catalog, build_catalog, load_catalog
+from i2v.client import AtlasClient
+from i2v.errors import ConfigError, InputError
 from i2v.model_schema import build_body, convert, read_schema
+from i2v.models import DEFAULT_MODEL
 from i2v.parsing import input_schema
-from tests.test_simulator import KEY, client, decode_frames, upload, wait_done
+from tests.test_simulator import KEY, client, decode_frames, free_port, upload, wait_done
 
 Sim = Any
 KLING = "kwaivgi/kling-v3.0-std/image-to-video"
@@ -126,3 +132,64 @@ def test_build_body_refuses_before_sending(sim: Sim) -> None:
         convert(veo, "resolution", "4k")
     _, seed = schema_of(sim, SEEDANCE)
     assert convert(seed, "seed", "42") == 42 and convert(seed, "cfg_scale", "2.5") == 2.5
+
+
+# ---- the catalog (i2v.catalog) and `i2v models`
+
+
+def test_catalog_keeps_shown_i2v_models_caches_and_falls_back(sim: Sim, tmp_path: Path) -> None:
+    cache = tmp_path / "catalog.json"
+
+    async def load(base: str, **kw: Any) -> Catalog:
+        async with AtlasClient(api_key="unused", base_url=base) as c:
+            return await load_catalog(c, cache, **kw)
+
+    cat = asyncio.run(load(sim.url))
+    names = {m.name for m in cat.i2v()}
+    assert {KLING, VEO, SEEDANCE, WAN, VIDU, DEFAULT_MODEL} <= names
+    assert T2I not in names and "minimax/hailuo-2.3/t2v-standard" not in names
+    assert cat.models[VEO].price_usd == 0.80 and not cat.from_cache
+    with pytest.raises(InputError, match="not image-to-video"):
+        cat.resolve(T2I)
+    with pytest.raises(InputError, match=f"close names: {KLING}"):
+        cat.resolve("kwaivgi/kling-v3.0-std/image-to-vide")
+    assert cat.resolve(KLING).schema.first_frame == "image_url"  # type: ignore[union-attr]
+    # A fresh cache is used; a stale one is replaced; no network falls back to the copy.
+    assert asyncio.run(load(sim.url)).from_cache
+    dead = f"http://127.0.0.1:{free_port()}"
+    offline = asyncio.run(load(dead, ttl_s=0))
+    assert offline.from_cache and KLING in offline.models
+    with pytest.raises(ConfigError, match="none is cached"):
+        cache.unlink()
+        asyncio.run(load(dead))
+
+
+def test_hidden_models_are_left_out() -> None:
+    listing = {
+        "data": [
+            {"model": "a/i2v", "categories": ["IMAGE-TO-VIDEO"], "display_console": False},
+            {"model": "b/image-to-video", "type": "Video"},
+        ]
+    }
+    doc = {"components": {"schemas": {"Input": {"properties": {"image": {"type": "string"}}}}}}
+    cat = build_catalog(listing, {"b/image-to-video": doc}, 0.0)
+    assert list(cat.models) == ["b/image-to-video"] and cat.i2v()[0].schema.first_frame == "image"  # type: ignore[union-attr]
+
+
+def test_i2v_models_command_lists_price_durations_inputs(
+    sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("I2V_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ATLASCLOUD_BASE_URL", sim.url)
+    r = CliRunner().invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {m["model"]: m for m in json.loads(r.stdout)["models"]}
+    assert rows[SEEDANCE]["durations"] == "2-12" and rows[KLING]["end_frame"] == "end_image_url"
+    assert rows[VEO]["price_usd"] == 0.8 and "generate_audio" in rows[VEO]["inputs"]
+    assert T2I not in rows
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0 and f"{VIDU}  $0.30/run  durations 4|8" in r.output
