@@ -151,16 +151,36 @@ def plan_row_model(
     end = (extras.get(END_IMAGE_COLUMN) or "").strip() or None
     if end and schema.end_frame is None:
         raise InputError(f"{name} takes no end frame; leave end_image empty for it")
-    row = RowModel(
-        name, schema, duration, inputs, end, model_price(found.price_usd, name, price_overrides)
+    price = model_price(
+        found.price_usd,
+        name,
+        price_overrides,
+        duration=duration,
+        default_duration=schema.default_duration(),
     )
+    row = RowModel(name, schema, duration, inputs, end, price)
     row.body("-", "-" if end else None, prompt)  # every schema rule, before any payment
     return row
 
 
 def model_price(
-    catalog_usd: float | None, model: str, overrides: Mapping[str, float] | None
+    catalog_usd: float | None,
+    model: str,
+    overrides: Mapping[str, float] | None,
+    *,
+    duration: int | None = None,
+    default_duration: int | None = None,
 ) -> float | None:
-    """The price a budget counts: the higher of the catalog's and the configured one."""
-    prices = [p for p in (catalog_usd, (overrides or {}).get(model)) if p is not None]
+    """The price a budget counts for one video: the higher of the catalog's and the
+    configured one (`prices_usd` `model:duration`, else `model`). The catalog lists one
+    price per model, for its default duration; a longer video counts in proportion."""
+    listed = catalog_usd
+    if listed is not None and duration and default_duration and duration > default_duration:
+        listed = listed * duration / default_duration
+    configured = None
+    for key in (f"{model}:{duration}", model):
+        if key in (overrides or {}):
+            configured = float((overrides or {})[key])
+            break
+    prices = [p for p in (listed, configured) if p is not None]
     return max(prices) if prices else None

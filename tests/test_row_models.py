@@ -117,13 +117,16 @@ def test_what_is_sent_typed_priced_and_in_the_identity() -> None:
     assert veo.inputs == {"generate_audio": False, "resolution": "1080p"}
     assert veo.price_usd == 1.00  # the configured price is higher than the catalog's
     kling = plan(MANIFEST[1], catalog)
-    assert kling.price_usd == 0.42 and kling.end_image == "E"  # the catalog's is higher
+    # 10 s against the catalog's one price for 5 s: twice it, above the configured $0.10.
+    assert kling.price_usd == pytest.approx(0.84) and kling.end_image == "E"
     assert kling.model_inputs_json() == '{"cfg_scale":0.7,"duration":10}'
     same = kling.identity("sha", "end", "zoom in")
     assert same != kling.identity("sha", "other-end", "zoom in")
     cheaper = plan({**MANIFEST[1], "cfg_scale": "0.2"}, catalog)
     assert cheaper.identity("sha", "end", "zoom in") != same
     assert model_price(None, "m", None) is None
+    assert model_price(0.5, "m", {"m:8": 2.0, "m": 0.1}, duration=8, default_duration=4) == 2.0
+    assert model_price(0.5, "m", {"m": 0.1}, duration=8, default_duration=4) == 1.0
 
 
 def test_default_path_keeps_its_identity() -> None:
