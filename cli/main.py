@@ -15,6 +15,7 @@ import typer.core
 
 from cli.doctor import DOCTOR_EXAMPLES
 from cli.doctor import doctor as doctor_command
+from cli.models import models as models_command
 from cli.process_exit import exit_now, fast_exit_asked
 from cli.run import RUN_EXAMPLES
 from cli.run import run as run_command
@@ -63,6 +64,7 @@ app.command(name="simulate")(simulate_command)
 app.command(name="status", cls=_PlainHelp, epilog=STATUS_EXAMPLES)(status_command)
 app.command(name="doctor", cls=_PlainHelp, epilog=DOCTOR_EXAMPLES)(doctor_command)
 app.command(name="worker", cls=_PlainHelp)(worker_command)
+app.command(name="models", cls=_PlainHelp)(models_command)
 
 
 def main() -> None:

@@ -128,18 +128,20 @@ def sheet_image(
     return _grid(tiles, labels, thumb_width=thumb_width, columns=columns)
 
 
-def sheet_key(run_id: str) -> str:
-    return f"runs/{run_id}/{CONTACT_SHEET_NAME}"
+def sheet_key(run_id: str, name: str = CONTACT_SHEET_NAME) -> str:
+    return f"runs/{run_id}/{name}"
 
 
-def save_sheet(storage: Storage, sheet: PILImage.Image, run_id: str) -> str:
-    """Write `sheet` to DEST/runs/RUN_ID/contact_sheet.png; returns its key."""
+def save_sheet(
+    storage: Storage, sheet: PILImage.Image, run_id: str, *, name: str = CONTACT_SHEET_NAME
+) -> str:
+    """Write `sheet` to DEST/runs/RUN_ID/<name> (the contact sheet); returns its key."""
     staging = Path(tempfile.mkdtemp(prefix="i2v-sheet-"))
     try:
-        png = staging / CONTACT_SHEET_NAME
+        png = staging / name
         # A 100-tile sheet is ~6 MP: `optimize` spends seconds of a run's end for 10%.
         sheet.save(png, format="PNG", compress_level=1)
-        key = sheet_key(run_id)
+        key = sheet_key(run_id, name)
         storage.put_file(key, png, content_type="image/png")
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -77,7 +77,7 @@ def test_all_good_against_the_simulator_and_a_local_dest(
     code, lines = doctor("--config", str(sim_config(tmp_path, sim)), "--dest", str(dest))
     assert code == 0, "\n".join(lines)
     assert not failed(lines)
-    line_with(lines, f"API host {sim.url} answers (GET /api/v1/models: 5 models")
+    line_with(lines, f"API host {sim.url} answers (GET /api/v1/models: 11 models")
     line_with(lines, "the API key is accepted (from ATLASCLOUD_API_KEY)")
     line_with(lines, f"model {DEFAULT_MODEL} is listed (Video)")
     line_with(

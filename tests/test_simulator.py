@@ -215,7 +215,7 @@ def test_models_list_needs_no_key(sim: Sim) -> None:
     r = httpx.get(sim.url + "/api/v1/models")
     assert r.status_code == 200
     names = [m["model"] for m in r.json()["data"]]
-    assert DEFAULT_MODEL in names and all(m["type"] == "Video" for m in r.json()["data"])
+    assert DEFAULT_MODEL in names and all(m["type"] in ("Video", "Image") for m in r.json()["data"])
     sim.config.known_models = ("only/this-model",)
     assert [m["model"] for m in httpx.get(sim.url + "/api/v1/models").json()["data"]] == [
         "only/this-model"

@@ -57,6 +57,7 @@ from i2v.simulator.outputs import corrupt_mp4, stream_video
 from i2v.simulator.pages import cloudflare_block, error_response, interstitial, ok
 from i2v.simulator.render import STILL, cached_render, parse_motion
 from i2v.simulator.stats import SimulatorStats
+from i2v.simulator.zoo import ZOO, check_zoo_body
 
 _CONTROL_PATHS = ("/_sim/stats", "/_sim/config", "/_sim/reset")
 
@@ -215,11 +216,21 @@ class Simulator:
         if not isinstance(payload, dict):
             raise ApiError(400, "request body must be a JSON object")
         spec = model_spec(payload.get("model"), self.config.known_models)
-        prompt, duration = check_inputs(spec, payload)
-        if spec.needs_image:
-            data = await self.media.resolve_image(payload["image"].strip())
+        zoo = ZOO.get(spec.name)
+        if zoo is not None:
+            try:
+                prompt, duration, pictures = check_zoo_body(zoo, payload)
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
+            for extra in pictures[1:]:  # an end frame or more references: checked too
+                await self.media.accept_picture(await self.media.resolve_image(extra))
+            data = await self.media.resolve_image(pictures[0])
         else:
-            data = await anyio.to_thread.run_sync(synthesize_picture, prompt)
+            prompt, duration = check_inputs(spec, payload)
+            if spec.needs_image:
+                data = await self.media.resolve_image(payload["image"].strip())
+            else:
+                data = await anyio.to_thread.run_sync(synthesize_picture, prompt)
         sha = await self.media.accept_picture(data)
 
         # From here to the job's creation nothing awaits: the balance and concurrency

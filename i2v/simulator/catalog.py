@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from i2v.models import DEFAULT_MODEL, MODELS, ModelSpec
+from i2v.simulator.zoo import ZOO, zoo_input
 
 SCHEMA_PATH = "/_sim/schemas/"
 DRIFTS = ("renamed_field", "new_required_field", "other_durations")
@@ -38,6 +39,7 @@ def listing_entry(
 ) -> dict[str, Any]:
     """One entry of the models listing, as the real API writes it."""
     spec = _spec(name)
+    zoo = ZOO.get(name)
     entry: dict[str, Any] = {
         "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"atlas-sim:{name}")),
         "model": name,
@@ -47,7 +49,11 @@ def listing_entry(
         "display_console": True,
         "sort": index,
         "tags": ["image-to-video" if spec.needs_image else "text-to-video"],
+        "categories": ["IMAGE-TO-VIDEO" if spec.needs_image else "TEXT-TO-VIDEO"],
     }
+    if zoo is not None:
+        entry.update(type=zoo.type, categories=[zoo.category], tags=[zoo.category.lower()])
+        price_usd = zoo.price_usd if price_usd is None else price_usd
     if price_usd is not None:
         entry["price"] = {"actual": price_usd, "unit": "run", "currency": "USD"}
     return entry
@@ -58,6 +64,8 @@ def input_schema_document(name: str, drift: tuple[str, ...] = ()) -> dict[str, A
     unknown = [d for d in drift if d not in DRIFTS]
     if unknown:
         raise ValueError(f"unknown schema_drift {unknown}; known: {', '.join(DRIFTS)}")
+    if name in ZOO:
+        return _document(name, zoo_input(ZOO[name]))
     spec = _spec(name)
     props: dict[str, dict[str, Any]] = {}
     required: list[str] = []
@@ -93,6 +101,16 @@ def input_schema_document(name: str, drift: tuple[str, ...] = ()) -> dict[str, A
     if "new_required_field" in drift:
         props["resolution"] = {"type": "string", "enum": ["768P", "1080P"]}
         required.append("resolution")
+    inputs = {
+        "type": "object",
+        "required": required,
+        "properties": props,
+        "x-order-properties": list(props),
+    }
+    return _document(name, inputs)
+
+
+def _document(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     return {
         "openapi": "3.0.1",
         "info": {"title": name, "version": "1.0.0"},
@@ -109,12 +127,7 @@ def input_schema_document(name: str, drift: tuple[str, ...] = ()) -> dict[str, A
         },
         "components": {
             "schemas": {
-                "Input": {
-                    "type": "object",
-                    "required": required,
-                    "properties": props,
-                    "x-order-properties": list(props),
-                },
+                "Input": inputs,
                 "Output": {
                     "type": "object",
                     "properties": {"outputs": {"type": "array", "items": {"type": "string"}}},

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from i2v.models import MODELS
+from i2v.simulator.zoo import ZOO
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SimulatorConfig:
     not_visible_s: float = 0.0  # prediction GET answers 404 this long after creation
     max_concurrent: int | None = None  # generate answers 429 while this many jobs process
     api_key: str | None = None  # only this bearer key is accepted; None: any non-empty key
-    known_models: tuple[str, ...] = field(default_factory=lambda: tuple(MODELS))
+    known_models: tuple[str, ...] = field(default_factory=lambda: (*MODELS, *ZOO))
     width: int = 320  # rendered video width; height keeps the picture's aspect (even)
     fps: int = 24
     pad_output_to_bytes: int = 0  # >0: pad each mp4 with a trailing 'free' box to this size

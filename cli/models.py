@@ -1,0 +1,85 @@
+"""`i2v models`: the image-to-video models of the catalog with their price, durations
+and inputs (the listing needs no key; the catalog is cached, see `i2v.catalog`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+
+from cli.common import err, out, run_async, usage_error
+from cli.options import ConfigFile
+
+
+async def _catalog(options: Any, refresh: bool) -> Any:
+    from i2v.catalog import default_cache_path, load_catalog
+    from i2v.client import AtlasClient
+    from i2v.retry import RetryPolicy
+    from i2v.session import Timeouts
+
+    handle = None
+    base_url = options.api.base_url
+    if options.api.simulator:
+        from i2v.simulator.server import start_simulator
+
+        handle = await asyncio.to_thread(start_simulator, port=0, latency_s=0.1)
+        base_url = handle.url
+    try:
+        async with AtlasClient(
+            api_key="no-key-given",  # never sent: the listing and schemas need no key
+            base_url=base_url,
+            user_agent=options.api.user_agent,
+            retry=RetryPolicy(max_attempts=2, base_delay_s=0.25),
+            timeouts=Timeouts(connect_s=5.0, read_s=15.0),
+            max_connections=8,
+        ) as client:
+            cache = default_cache_path(client.base_url)
+            return await load_catalog(client, cache, refresh=refresh)
+    finally:
+        if handle is not None:
+            await asyncio.to_thread(handle.stop)
+
+
+def models(
+    config: ConfigFile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Read the catalog again, not the cached copy.")
+    ] = False,
+) -> None:
+    """List the catalog's image-to-video models: price, durations and inputs."""
+    from i2v.config import load_options
+    from i2v.errors import ConfigError
+
+    try:
+        options = load_options(config)
+        catalog = run_async(_catalog(options, refresh))
+    except ConfigError as exc:
+        raise typer.Exit(usage_error(exc)) from None
+    rows = [
+        {
+            "model": m.name,
+            "price_usd": m.price_usd,
+            "durations": m.schema.durations_text() if m.schema else "-",
+            "first_frame": m.schema.first_frame if m.schema else None,
+            "end_frame": m.schema.end_frame if m.schema else None,
+            "required": sorted(m.schema.required) if m.schema else [],
+            "inputs": list(m.schema.properties) if m.schema else [],
+        }
+        for m in sorted(catalog.i2v(), key=lambda m: m.name)
+    ]
+    if catalog.from_cache:
+        err.print(f"catalog: the cached copy, {catalog.age_text()} old", highlight=False)
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "age_s": catalog.age_text()}, indent=2))
+        return
+    for r in rows:
+        price = f"${r['price_usd']:.2f}" if r["price_usd"] is not None else "no price"
+        out.print(
+            f"{r['model']}  {price}/run  durations {r['durations']}  "
+            f"inputs {', '.join(r['inputs'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
