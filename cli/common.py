@@ -33,3 +33,19 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+def quick_client(options: Any, base_url: str | None, api_key: str, max_connections: int) -> Any:
+    """An Atlas client for a command that answers in seconds: one retry, short timeouts."""
+    from i2v.client import AtlasClient
+    from i2v.retry import RetryPolicy
+    from i2v.session import Timeouts
+
+    return AtlasClient(
+        api_key=api_key,
+        base_url=base_url,
+        user_agent=options.api.user_agent,
+        retry=RetryPolicy(max_attempts=2, base_delay_s=0.25),
+        timeouts=Timeouts(connect_s=5.0, read_s=15.0),
+        max_connections=max_connections,
+    )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.common import run_async, usage_error
+from cli.common import quick_client, run_async, usage_error
 from cli.options import ConfigFile
 
 if TYPE_CHECKING:
@@ -81,10 +81,7 @@ def _picture_hosts() -> list[Check]:
 
 
 async def _checks(options: Any, dest: str | None) -> list[Check]:
-    from i2v.client import AtlasClient
     from i2v.doctor_api import api_checks
-    from i2v.retry import RetryPolicy
-    from i2v.session import Timeouts
 
     handle = None
     if options.api.simulator:
@@ -98,15 +95,8 @@ async def _checks(options: Any, dest: str | None) -> list[Check]:
         key, source = _key(options)
         base_url = options.api.base_url
     try:
-        # A doctor answers in seconds: one retry, short timeouts.
-        async with AtlasClient(
-            api_key=key or "no-key-given",  # never sent: the key check is skipped
-            base_url=base_url,
-            user_agent=options.api.user_agent,
-            retry=RetryPolicy(max_attempts=2, base_delay_s=0.25),
-            timeouts=Timeouts(connect_s=5.0, read_s=15.0),
-            max_connections=4,
-        ) as client:
+        # The key is never sent when none was found: the key check is skipped.
+        async with quick_client(options, base_url, key or "no-key-given", 4) as client:
             checks = await api_checks(
                 client, client if key else None, key_source=source, options=options
             )

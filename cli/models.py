@@ -9,15 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import err, out, run_async, usage_error
+from cli.common import err, out, quick_client, run_async, usage_error
 from cli.options import ConfigFile
 
 
 async def _catalog(options: Any, refresh: bool) -> Any:
     from i2v.catalog import default_cache_path, load_catalog
-    from i2v.client import AtlasClient
-    from i2v.retry import RetryPolicy
-    from i2v.session import Timeouts
 
     handle = None
     base_url = options.api.base_url
@@ -27,14 +24,8 @@ async def _catalog(options: Any, refresh: bool) -> Any:
         handle = await asyncio.to_thread(start_simulator, port=0, latency_s=0.1)
         base_url = handle.url
     try:
-        async with AtlasClient(
-            api_key="no-key-given",  # never sent: the listing and schemas need no key
-            base_url=base_url,
-            user_agent=options.api.user_agent,
-            retry=RetryPolicy(max_attempts=2, base_delay_s=0.25),
-            timeouts=Timeouts(connect_s=5.0, read_s=15.0),
-            max_connections=8,
-        ) as client:
+        # The key is never sent: the listing and schemas need none.
+        async with quick_client(options, base_url, "no-key-given", max_connections=8) as client:
             cache = default_cache_path(client.base_url)
             return await load_catalog(client, cache, refresh=refresh)
     finally:
