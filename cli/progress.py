@@ -4,6 +4,8 @@ flight, and the spend (marked simulated against the simulator)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -45,6 +47,16 @@ class RunProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The bar off the terminal while the user is asked something (its redraws
+        would overwrite the question)."""
+        self.progress.stop()
+        try:
+            yield
+        finally:
+            self.progress.start()
 
     def phase(self, name: str, counts: dict[str, int]) -> None:
         if name == "rows checked":

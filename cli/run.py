@@ -190,7 +190,7 @@ def _run_flow(
     progress = RunProgress(err, total=rows, simulated=options.api.simulator)
     control = RunControl([progress.listener], [progress.phase])
     control.command = command
-    control.approver = approver(yes)
+    control.approver = approver(yes, progress.paused)
     try:
         # Tagged like the deployments' runs, so one filter in the UI finds them all.
         with progress, controlled(control), tags("i2v"):

@@ -51,7 +51,7 @@ async def before_paying(
     summary = describe(est, balance.available_usd if balance else None)
     head = (
         f"This run would pay about ${est.usd:.2f}, over approve_over_usd "
-        f"${options.approve_over_usd:.2f}. Approve it (optionally with a budget)?"
+        f"${options.approve_over_usd:.2f}. Approve it?"
     )
     budget = await _ask(control, options, est.usd, f"{head}\n\n{summary}", log)
     if budget is None:
@@ -107,7 +107,7 @@ async def approve_parent(
         return shard_options, None
     head = (
         f"This fan-out would pay about ${est.usd:.2f}, over approve_over_usd "
-        f"${options.approve_over_usd:.2f}. Approve it (optionally with a budget)?"
+        f"${options.approve_over_usd:.2f}. Approve it?"
     )
     budget = await _ask(RunControl(), options, est.usd, f"{head}\n\n{describe(est, None)}", log)
     if budget is None:
