@@ -32,6 +32,7 @@ from pydantic import Field
 from flows.approval import approve_parent
 from flows.authority import check_worker_settings
 from flows.batch import i2v_shard
+from flows.helping import help_waiting
 from flows.opening import OpenedRun, dry_run_summary, open_run
 from flows.shard_runs import (
     SHARD_TAG,
@@ -47,7 +48,7 @@ from i2v.lifecycle import triage
 from i2v.results import RunSummary, status_counts, top_errors, write_tables
 from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
-from i2v.shards import MONEY, STATS, ShardReport, merge_shards, plan_shards
+from i2v.shards import MONEY, STATS, ShardReport, helper_reports, merge_shards, plan_shards
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
 from tasks.results_artifacts import publish_artifacts
 
@@ -113,7 +114,7 @@ async def i2v_fanout(
     reporter = ProgressReporter(FANOUT_PROGRESS_KEY, label="rows")
     await reporter.start(len(plans))
     try:
-        finished = await _run_shards(launcher, shards, reporter, in_parent=shard_in_parent)
+        finished, helped = await _run_shards(launcher, shards, reporter, in_parent=shard_in_parent)
     finally:
         await reporter.finish()
 
@@ -126,6 +127,8 @@ async def i2v_fanout(
         options,
         opened.manifest.extra_columns,
     )
+    helpers = await asyncio.to_thread(helper_reports, storage, [shard_run(run) for run in helped])
+    paying = reports + helpers
     summary = FanoutSummary(
         run_id=run_id,
         source=source,
@@ -133,16 +136,16 @@ async def i2v_fanout(
         rows=len(frame),
         inputs=inputs,
         counts=status_counts(frame),
-        spent_usd=round(sum(r.spent_usd for r in reports), 4),
+        spent_usd=round(sum(r.spent_usd for r in paying), 4),
         simulated=options.api.simulator,
         elapsed_s=round(time.monotonic() - started, 3),
         top_errors=top_errors(frame),
         shards=reports,
     )
     for name in STATS:
-        setattr(summary, name, sum(r.stats.get(name, 0) for r in reports))
+        setattr(summary, name, sum(r.stats.get(name, 0) for r in paying))
     for name in MONEY:
-        setattr(summary, name, round(sum(r.money.get(name, 0.0) for r in reports), 4))
+        setattr(summary, name, round(sum(r.money.get(name, 0.0) for r in paying), 4))
     uris = await asyncio.to_thread(write_tables, storage, frame, run_id, summary, publish=True)
     summary.results_uri = uris["parquet"]
     landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]
@@ -155,7 +158,7 @@ async def i2v_fanout(
         storage=storage,
         link_hours=options.link_hours,
         title=f"fan-out `{run_id}`",
-        facts=[f"- shards: {len(reports)}"],
+        facts=[f"- shards: {len(reports)}", *_helped_md(helpers)],
         sections=_shard_table_md(reports),
         sheet_md=sheet_md,
         summary_key="i2v-fanout-summary",
@@ -232,25 +235,51 @@ async def _run_shards(
     reporter: ProgressReporter,
     *,
     in_parent: bool,
-) -> list[FlowRun]:
+) -> tuple[list[FlowRun], list[FlowRun]]:
     """Every shard to a final state: the first here (when `in_parent`), the others on
-    the workers; their flow runs in shard order."""
+    the workers, and, while they wait for a worker, their rows here too
+    (`flows/helping.py`). Returns their flow runs in shard order, and the runs this
+    made of waiting shards' rows."""
     numbered = dict(enumerate(shards, 1))
     own = numbered.pop(1) if in_parent else None
-    here = asyncio.create_task(_shard_here(launcher, own)) if own is not None else None
+    seen: dict[int, str] = {}
+    launched = asyncio.Event()
+    here = (
+        asyncio.create_task(_parent_work(launcher, own, numbered, seen, launched))
+        if own is not None
+        else None
+    )
     try:
         runs = await launcher.launch(numbered) if numbered else {}
-        finished = await watch(launcher, numbered, runs, reporter) if runs else {}
+        launched.set()
+        finished = await watch(launcher, numbered, runs, reporter, seen) if runs else {}
     except BaseException:
         if here is not None:  # the shard here winds down with its bookkeeping done
             here.cancel()
             with contextlib.suppress(BaseException):
                 await here
         raise
+    helped: list[FlowRun] = []
     if here is not None:
-        finished[1] = mine = await here
+        mine, helped = await here
+        finished[1] = mine
         reporter.advance(len(shards[0]), status=shard_run(mine).state.lower())
-    return [finished[i] for i in sorted(finished)]
+    return [finished[i] for i in sorted(finished)], helped
+
+
+async def _parent_work(
+    launcher: ShardLauncher,
+    own: list[int],
+    others: dict[int, list[int]],
+    seen: dict[int, str],
+    launched: asyncio.Event,
+) -> tuple[FlowRun, list[FlowRun]]:
+    """Shard 1, and beside it the rows of shards still waiting for a worker: the
+    global limit shares the provider's slots between them."""
+    mine, helped = await asyncio.gather(
+        _shard_here(launcher, own), help_waiting(launcher, others, seen, launched)
+    )
+    return mine, helped
 
 
 async def _shard_here(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
@@ -265,6 +294,17 @@ async def _shard_here(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
         run_id = state.state_details.flow_run_id
         assert run_id is not None  # a subflow's state names its flow run
         return await client.read_flow_run(run_id)
+
+
+def _helped_md(helpers: list[ShardReport]) -> list[str]:
+    if not helpers:
+        return []
+    paid = sum(r.stats.get("submissions", 0) for r in helpers)
+    spent = sum(r.spent_usd for r in helpers)
+    return [
+        f"- the parent worked on {len(helpers)} shards while they waited for a worker: "
+        f"{paid} submissions, ${spent:.2f} (in the totals; their rows are in their shards)"
+    ]
 
 
 def _shard_table_md(reports: list[ShardReport]) -> list[str]:

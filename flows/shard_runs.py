@@ -57,6 +57,12 @@ def shard_name(index: int, total: int) -> str:
     return f"{parent}-shard-{index}-of-{total}"
 
 
+def helper_name(index: int, total: int) -> str:
+    """The parent's run of a waiting shard's rows (`flows/helping.py`)."""
+    parent = runtime_flow_run.get_name() or "i2v-fanout"
+    return f"{parent}-helps-shard-{index}-of-{total}"
+
+
 @dataclass
 class ShardLauncher:
     """Creates shard `index` (1-based, of `total`) as a run of `deployment` (on `pool`)."""
@@ -180,15 +186,17 @@ async def watch(
     shards: dict[int, list[int]],
     runs: dict[int, FlowRun],
     reporter: ProgressReporter,
+    seen: dict[int, str] | None = None,
 ) -> dict[int, FlowRun]:
-    """Poll the shards' flow runs until each is final; log each state change once.
+    """Poll the shards' flow runs until each is final; log each state change once and
+    keep each shard's latest state name in `seen`.
 
     A running shard that stops sending heartbeats is marked Crashed here, so the
     fan-out never waits for a run nobody runs any more.
     """
     logger = get_run_logger()
     me = runtime_flow_run.get_id()
-    w = _Watch(launcher, shards, dict(runs))
+    w = _Watch(launcher, shards, dict(runs), {} if seen is None else seen)
     pending = set(runs)
     next_check = time.monotonic() + HEARTBEAT_CHECK_S
     started_at = time.monotonic()

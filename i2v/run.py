@@ -55,6 +55,7 @@ class StopReason(StrEnum):
     SIGNAL = "signal"  # SIGINT / SIGTERM / a cancelled flow run: wind down, keep every id
     APPROVAL = "approval"  # over approve_over_usd and not approved: nothing paid
     DEST = "dest"  # DEST did not answer for `dest_wait_s`: stop submitting, keep every id
+    HANDOVER = "handover"  # another run took the rest over: submit nothing new, land the rest
 
 
 class RunAborted(I2VError):
@@ -301,6 +302,7 @@ class RunControl:
         self.refused: str | None = None  # why the run may pay nothing (approval refused)
         # The CLI's own question (yes/no on a terminal) instead of a flow pause.
         self.approver: Callable[[str], bool] | None = None
+        self.handed_over: str | None = None  # why the rest is another run's (`hand_over`)
 
     def phase(self, name: str, **counts: int) -> None:
         """Tell the caller where the run is (a progress display; never fails the run)."""
@@ -314,6 +316,15 @@ class RunControl:
             ctx.stop(StopReason.APPROVAL, self.refused)
         if self.signal is not None:
             self._stop(ctx)
+        if self.handed_over is not None:
+            ctx.stop(StopReason.HANDOVER, self.handed_over)
+
+    def hand_over(self, message: str) -> None:
+        """Submit nothing new: another run takes the rest. Unlike a stop signal, rows
+        already sent are still polled and landed here."""
+        self.handed_over = self.handed_over or message
+        for ctx in self._contexts:
+            ctx.stop(StopReason.HANDOVER, self.handed_over)
 
     def request_stop(self, signal_name: str) -> None:
         """Stop submitting at once; let POSTs on the wire finish; keep every id."""

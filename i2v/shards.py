@@ -121,15 +121,8 @@ def merge_shards(
         found = _shard_table(storage, run_dirs, run.flow_run_id, wanted)
         table = found[1] if found else None
         if found is not None and table is not None:
-            report.run_id = found[0]
             table = table[table["line"].isin(wanted)]
-            raw = storage.read_bytes(f"runs/{found[0]}/summary.json")
-            if raw:
-                shard_summary = RunSummary.model_validate(json.loads(raw))
-                report.spent_usd = shard_summary.spent_usd
-                report.money = {k: float(getattr(shard_summary, k)) for k in MONEY}
-                report.counts = {k: v for k, v in shard_summary.counts.items() if v}
-                report.stats = {k: int(getattr(shard_summary, k)) for k in STATS}
+            _read_summary(storage, found[0], report)
             frames.append(table)
         covered = set(table["line"].dropna().astype(int)) if table is not None else set()
         missing = [by_line[n] for n in lines if n not in covered and n in by_line]
@@ -160,6 +153,37 @@ def merge_shards(
     for col in columns:
         frame[col] = frame[col].astype(DTYPES.get(col, "string"))  # type: ignore[call-overload]
     return frame, reports
+
+
+def helper_reports(storage: Storage, runs: Sequence[ShardRun]) -> list[ShardReport]:
+    """What the fan-out parent's runs of waiting shards' rows paid and did
+    (`flows/helping.py`): their rows are in their shards' tables, their money here."""
+    run_dirs = sorted({k.split("/")[1] for k in storage.list("runs/") if k.count("/") >= 2})
+    reports: list[ShardReport] = []
+    for run in runs:
+        report = ShardReport(
+            index=0, rows=0, flow_run_id=run.flow_run_id, flow_run_name=run.name, state=run.state
+        )
+        suffix = f"-{run.flow_run_id[:8]}"
+        for run_dir in reversed([d for d in run_dirs if d.endswith(suffix)]):
+            if _read_summary(storage, run_dir, report):
+                break
+        reports.append(report)
+    return reports
+
+
+def _read_summary(storage: Storage, run_dir: str, report: ShardReport) -> bool:
+    """`report` filled from DEST/runs/<run_dir>/summary.json; False when there is none."""
+    report.run_id = run_dir
+    raw = storage.read_bytes(f"runs/{run_dir}/summary.json")
+    if not raw:
+        return False
+    summary = RunSummary.model_validate(json.loads(raw))
+    report.spent_usd = summary.spent_usd
+    report.money = {k: float(getattr(summary, k)) for k in MONEY}
+    report.counts = {k: v for k, v in summary.counts.items() if v}
+    report.stats = {k: int(getattr(summary, k)) for k in STATS}
+    return True
 
 
 def _landed_by_records(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import shutil
 import time
 import uuid
@@ -340,6 +341,11 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
             for r in client.read_flow_runs(limit=200)
             if r.name.startswith(f"{parent.name}-shard-")
         ]
+        helpers = [
+            r
+            for r in client.read_flow_runs(limit=200)
+            if r.name.startswith(f"{parent.name}-helps-shard-")
+        ]
         artifacts = client.read_artifacts(limit=200)
         runs = client.read_flow_runs(limit=200)
         gcl = client.read_global_concurrency_limit_by_name("atlascloud")
@@ -374,6 +380,18 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
     assert len(here) == 1 and here[0].name.endswith("-shard-1-of-4") and len(remote) == 3
     lines = [n for r in shard_runs for n in r.parameters["lines"]]
     assert sorted(lines) == sorted(table["line"]), "every row in exactly one shard"
+    # While shards waited for a worker, the parent ran their rows in its own process
+    # (flows/helping.py): nothing was paid twice (above), and what it paid is in the total.
+    # The last shard always waits at first (a shard process takes seconds to start).
+    assert helpers, "the parent ran no waiting shard's rows"
+    by_index = {r.name.rsplit("-shard-", 1)[1]: r for r in remote}
+    for run in helpers:
+        assert run.deployment_id is None and run.parent_task_run_id is not None
+        index = run.name.rsplit("-shard-", 1)[1]
+        assert run.parameters["lines"] == by_index[index].parameters["lines"], run.name
+    summaries = [json.loads(p.read_text()) for p in (dest / "runs").glob("*/summary.json")]
+    [merged] = [s for s in summaries if s.get("shards")]
+    assert merged["spent_usd"] == pytest.approx(0.28 * distinct), merged["spent_usd"]
 
     def taken_by(run_id: Any) -> set[str]:
         return {

@@ -118,6 +118,14 @@ class Fanout:
         )
 
     def shards(self, parent: UUID) -> list[Any]:
+        """The parent's shard runs: shard 1 in its process, the others on workers."""
+        return [r for r in self.children(parent) if "-helps-shard-" not in r.name]
+
+    def helpers(self, parent: UUID) -> list[Any]:
+        """The parent's own runs of shards' rows while they waited (flows/helping.py)."""
+        return [r for r in self.children(parent) if "-helps-shard-" in r.name]
+
+    def children(self, parent: UUID) -> list[Any]:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
         flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]))
@@ -326,7 +334,9 @@ def test_a_lost_parent_is_replaced_by_a_new_fanout_run_without_paying_twice(
         )
         old = {r.id: r for r in fan.shards(first)}
         here = [r for r in old.values() if r.deployment_id is None]  # in the parent
-        lost = fan.taken_by("parent-host", list(old.values())) + here
+        # The parent's runs of waiting shards' rows died with it: their lines may hold a
+        # POST that was on the wire.
+        lost = fan.taken_by("parent-host", list(old.values())) + here + fan.helpers(first)
         (shard_here,) = here
         here_at_kill = fan.state(shard_here.id)
         kill_machine(host)
