@@ -31,6 +31,7 @@ at the end, also on failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -202,8 +203,21 @@ def run(
         # created -> first submission: pick-up, the parent's set-up, the shards' start.
         startup_s=span.first_submit - created_epoch,
         end_s=created_epoch + seen_s - span.last_land,  # last landing -> parent final
+        submissions_by_run=_submissions_by_run(dest, parent, flow_runs),
     )
     return figures
+
+
+def _submissions_by_run(dest: Path, parent: Any, flow_runs: list[Any]) -> dict[str, int]:
+    """What each of the parent's runs paid for (its DEST/runs/<stamp>-<id[:8]>/summary)."""
+    paid: dict[str, int] = {}
+    for run in flow_runs:
+        if not run.name.startswith(f"{parent.name}-"):
+            continue
+        for summary in (dest / "runs").glob(f"*-{str(run.id)[:8]}/summary.json"):
+            label = run.name.removeprefix(f"{parent.name}-")
+            paid[label] = int(json.loads(summary.read_text()).get("submissions", 0))
+    return dict(sorted(paid.items()))
 
 
 def prefect() -> str:

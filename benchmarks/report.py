@@ -459,6 +459,11 @@ def _fanout_rows(part: Any) -> list[Row]:
         f"{part['jobs_created']} jobs for {n} rows, {part['paid_twice']} paid twice; "
         f"shards per worker {part['shards_per_worker']}; {part['slots_held_after']} slots "
         "held after"
+        + (
+            f"; paid for by run {part['submissions_by_run']}"
+            if part.get("submissions_by_run")
+            else ""
+        )
     )
     if "efficiency" not in part:
         return [("9", measure, f"ERROR: {part.get('error')}; {facts}", "", "**NO**")]

@@ -27,7 +27,7 @@ from prefect.states import State
 
 from flows.batch import i2v_shard
 from flows.control import controlled
-from flows.shard_runs import SHARD_TAG, WAITING, ShardLauncher, helper_name, shard_name
+from flows.shard_runs import SHARD_TAG, ShardLauncher, helper_name, shard_name
 from i2v.run import RunControl
 
 HANDOVER_CHECK_S = 0.5  # how often the parent looks whether the shard's run has started
@@ -36,12 +36,12 @@ HANDOVER_CHECK_S = 0.5  # how often the parent looks whether the shard's run has
 async def help_waiting(
     launcher: ShardLauncher,
     shards: dict[int, list[int]],
-    states: dict[int, str],
+    started: set[int],
     launched: asyncio.Event,
 ) -> list[FlowRun]:
     """Run the rows of each shard still waiting for a worker here, last shard first,
-    each until its own run starts. `states` is the watch's latest state of each shard.
-    Returns the flow runs this made."""
+    each until its own run starts. `started`: the shards whose runs the watch has seen
+    start. Returns the flow runs this made."""
     if not launcher.options.global_concurrency_limit:
         # Only the global limit caps the parent's runs and the shards together: without
         # one, helping would put more in flight than `concurrency` per shard promises.
@@ -50,20 +50,16 @@ async def help_waiting(
     done: list[FlowRun] = []
     tried: set[int] = set()
     while True:
-        waiting = [i for i in sorted(shards, reverse=True) if i not in tried and _waits(states, i)]
+        waiting = [i for i in sorted(shards, reverse=True) if i not in tried | started]
         if not waiting:
             return done
         index = waiting[0]
         tried.add(index)
-        done.append(await _help(launcher, index, shards[index], states))
-
-
-def _waits(states: dict[int, str], index: int) -> bool:
-    return states.get(index, "Scheduled") in WAITING
+        done.append(await _help(launcher, index, shards[index], started))
 
 
 async def _help(
-    launcher: ShardLauncher, index: int, lines: list[int], states: dict[int, str]
+    launcher: ShardLauncher, index: int, lines: list[int], started: set[int]
 ) -> FlowRun:
     """One waiting shard's rows as a subflow here, handed over when its run starts."""
     logger = get_run_logger()
@@ -76,8 +72,8 @@ async def _help(
     control = RunControl()
 
     async def hand_over_when_started() -> None:
-        # `states` is a poll of the server (the watch's): there is no event to wait on.
-        while _waits(states, index):  # noqa: ASYNC110
+        # `started` is a poll of the server (the watch's): there is no event to wait on.
+        while index not in started:  # noqa: ASYNC110
             await asyncio.sleep(HANDOVER_CHECK_S)
         control.hand_over(
             f"not submitted here: shard {index}'s own run ({name}) started and takes its rows"

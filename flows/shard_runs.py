@@ -17,7 +17,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
@@ -36,6 +36,8 @@ POLL_S = 1.0  # how often the parent reads its shards' states
 HEARTBEAT_CHECK_S = 10.0  # how often it reads their heartbeats
 NO_WORKER_WARNING_S = 120.0  # shards still waiting after this: say no worker takes them
 WAITING = ("Scheduled", "Late", "Pending")
+# A worker's pick-up is Pending by type, whatever its name ("Submitting" in Prefect 3.9).
+NOT_STARTED = (StateType.SCHEDULED, StateType.PENDING)
 SHARD_TAG = "i2v-shard"  # deployments/automations.yaml judges these runs by heartbeat
 
 
@@ -186,17 +188,18 @@ async def watch(
     shards: dict[int, list[int]],
     runs: dict[int, FlowRun],
     reporter: ProgressReporter,
-    seen: dict[int, str] | None = None,
+    started: set[int] | None = None,
 ) -> dict[int, FlowRun]:
     """Poll the shards' flow runs until each is final; log each state change once and
-    keep each shard's latest state name in `seen`.
+    add each shard whose run has started (left Scheduled and Pending) to `started`.
 
     A running shard that stops sending heartbeats is marked Crashed here, so the
     fan-out never waits for a run nobody runs any more.
     """
     logger = get_run_logger()
     me = runtime_flow_run.get_id()
-    w = _Watch(launcher, shards, dict(runs), {} if seen is None else seen)
+    w = _Watch(launcher, shards, dict(runs))
+    started = set() if started is None else started
     pending = set(runs)
     next_check = time.monotonic() + HEARTBEAT_CHECK_S
     started_at = time.monotonic()
@@ -223,6 +226,8 @@ async def watch(
                     logger.info("shard %d/%d (%s): %s", index, launcher.total, run.name, name)
                 if name not in WAITING:
                     w.waiting_since.pop(index, None)
+                if run.state is not None and run.state.type not in NOT_STARTED:
+                    started.add(index)
                 if run.state is not None and run.state.is_final():
                     pending.discard(index)
                     reporter.advance(len(shards[index]), status=name.lower())
