@@ -332,6 +332,7 @@ async def publish_run(
         model=ctx.model,
         dest=ctx.dest,
         extra_columns=opened.manifest.extra_columns,
+        extra_types=opened.manifest.extra_types,
     )
     summary = RunSummary(
         run_id=ctx.run_id,
