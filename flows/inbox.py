@@ -1,8 +1,8 @@
 """The inbox flow: every manifest dropped into an inbox prefix is processed once.
 
 Each tick (a cron schedule) lists the manifests (`*.csv`, `*.parquet`, `*.jsonl`)
-directly under INBOX. A manifest whose current content has no "done" entry in the ledger is claimed, run through the
-batch flow (as a subflow) into DEST_ROOT/<manifest stem>/, and recorded as done, even if
+directly under INBOX. A manifest whose current content has no "done" entry in the
+ledger is claimed, run through the batch flow (as a subflow) into DEST_ROOT/<manifest stem>/, and recorded as done, even if
 some rows failed: their reasons are in that results table, and a rerun is a person's call.
 
 The ledger (`i2v.ledger`) is one JSON object per manifest name under DEST_ROOT/_inbox/,
@@ -86,7 +86,8 @@ async def i2v_inbox(
     name without its suffix), once.
 
     Args:
-        inbox: A folder or `s3://bucket/prefix/` where manifests (`*.csv`, `*.parquet`, `*.jsonl`) are dropped.
+        inbox: A folder or `s3://bucket/prefix/` where manifests (`*.csv`, `*.parquet`,
+            `*.jsonl`) are dropped.
         dest_root: A folder or `s3://bucket/prefix/`; each manifest gets its own DEST
             under it, and the ledger lives in its `_inbox/`.
         options: Batch options for every manifest.
