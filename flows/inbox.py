@@ -2,8 +2,9 @@
 
 Each tick (a cron schedule) lists the manifests (`*.csv`, `*.parquet`, `*.jsonl`)
 directly under INBOX. A manifest whose current content has no "done" entry in the
-ledger is claimed, run through the batch flow (as a subflow) into DEST_ROOT/<manifest stem>/, and recorded as done, even if
-some rows failed: their reasons are in that results table, and a rerun is a person's call.
+ledger is claimed, run through the batch flow (as a subflow) into
+DEST_ROOT/<manifest stem>/, and recorded as done, even if some rows failed: their
+reasons are in that results table, and a rerun is a person's call.
 
 The ledger (`i2v.ledger`) is one JSON object per manifest name under DEST_ROOT/_inbox/,
 kept with the results it describes. It holds the manifest's sha256, so re-uploading
