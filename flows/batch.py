@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from flows.announce import announced
 from flows.approval import before_paying
 from flows.authority import check_worker_settings
 from flows.clients import atlas_client
@@ -154,7 +155,8 @@ async def i2v_batch(source: str, dest: str, options: BatchOptions = BatchOptions
     """
     control = current_control()
     with stop_on_signals(control), untagged_task_runs():
-        return await _batch(source, dest, options, control, True, None)
+        run = _batch(source, dest, options, control, True, None)
+        return await announced(run, source, dest)  # one event per run: flows.announce
 
 
 @flow(name="i2v-shard", log_prints=False)
