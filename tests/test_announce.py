@@ -91,3 +91,20 @@ def test_incomplete_and_failed_runs_say_so(simulator: Any, pictures: Path, tmp_p
     [failed] = wait_events("i2v.run.", dest_resource(str(gone)))
     assert failed.event == "i2v.run.failed"
     assert "manifest not found" in failed.payload["error"]
+
+
+def test_the_readme_automation_is_one_prefect_takes() -> None:
+    """examples/automation_publish.yaml, validated as `prefect automation create` does."""
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+
+    from tests.helpers import EXAMPLES
+
+    data = yaml.safe_load((EXAMPLES / "automation_publish.yaml").read_text())
+    [automation] = [AutomationCore.model_validate(a) for a in data["automations"]]
+    trigger: Any = automation.trigger
+    assert trigger.expect == {"i2v.run.completed"}
+    assert dict(trigger.match.root) == {
+        "prefect.resource.id": dest_resource("s3://media/videos/weekly")
+    }
+    assert automation.actions[0].type == "run-deployment"
