@@ -138,6 +138,7 @@ async def _fanout(
         [shard_run(run) for run in finished],
         options,
         opened.manifest.extra_columns,
+        opened.manifest.extra_types,
     )
     summary = FanoutSummary(
         run_id=run_id,

@@ -113,8 +113,12 @@ def typed_column(values: Any, dtype: str) -> Any:
 
     series = pd.Series(values, dtype="string").str.strip()
     series = series.mask(series == "")
-    if dtype == BOOL:
-        return series.map({"true": True, "false": False}, na_action="ignore").astype("boolean")
+    if dtype == BOOL:  # "True" too: a typed table's column once cast to text
+        return (
+            series.str.lower()
+            .map({"true": True, "false": False}, na_action="ignore")
+            .astype("boolean")
+        )
     if dtype == INT:
         return pd.to_numeric(series, errors="coerce").astype("Int64")
     if dtype == FLOAT:

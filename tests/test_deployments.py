@@ -561,6 +561,8 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     plans[1].error, plans[1].identity = "picture too small", None  # line 3: rejected
     for p in plans:
         p.picture = object()  # type: ignore[assignment]
+        p.row.extras = {"take": str(p.row.line)}  # a typed (Parquet) column of the team's
+    typed = {"take": "Int64"}
     storage = open_storage(tmp_path / "dest")
     options = BatchOptions.model_validate({})
     ok_id = str(uuid.uuid4())
@@ -576,7 +578,14 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     jobs = group_jobs([plans[2], plans[3]], options)
     for job in jobs:
         job.outcome = JobOutcome(RowStatus.LANDED)
-    table = result_rows([plans[2], plans[3]], jobs, model="m", dest=storage, extra_columns=[])
+    table = result_rows(
+        [plans[2], plans[3]],
+        jobs,
+        model="m",
+        dest=storage,
+        extra_columns=["take"],
+        extra_types=typed,
+    )
     write_tables(storage, table, f"20260101T000000Z-{ok_id[:8]}", publish=False)
     store = StateStore(storage)
     store.put(
@@ -592,8 +601,11 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     storage.write_bytes("videos/r6.mp4", b"\x00\x00\x00\x18ftypmp42")
     store.put(InputRecord(identity="id2", model="m", phase=Phase.SUBMITTED, prediction_id="p2"))
 
-    frame, reports = merge_shards(storage, plans, [[4, 5], [2, 3, 6]], [ok, dead], options, [])
+    frame, reports = merge_shards(
+        storage, plans, [[4, 5], [2, 3, 6]], [ok, dead], options, ["take"], typed
+    )
     assert list(frame["line"]) == [2, 3, 4, 5, 6]
+    assert str(frame["take"].dtype) == "Int64" and list(frame["take"]) == [2, 3, 4, 5, 6]
     by_line = frame.set_index("line")
     assert list(by_line.loc[[4, 5], "status"]) == ["landed", "landed"]
     assert by_line.loc[3, "status"] == "rejected"  # its own reason, whatever the shard did
