@@ -149,7 +149,7 @@ async def i2v_batch(source: str, dest: str, options: BatchOptions = BatchOptions
     """Turn every row of SOURCE into DEST/videos/ID.mp4 and DEST/results.parquet (.csv).
 
     Args:
-        source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures.
+        source: A CSV, Parquet or JSON Lines manifest (a path or s3://), or an `s3://` prefix.
         dest: A folder or `s3://bucket/prefix`.
         options: Model, concurrency, budget, polling and API settings.
     """

@@ -78,7 +78,7 @@ async def i2v_fanout(
     """Split SOURCE into shards run by workers of the pool; merge their results.
 
     Args:
-        source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures;
+        source: A CSV, Parquet or JSON Lines manifest (a path or s3://), or an s3:// prefix;
             every worker must be able to read it (use S3 across machines).
         dest: A folder or `s3://bucket/prefix` shared by all shards.
         shard_size: Rows per shard (duplicates of one input always share a shard).

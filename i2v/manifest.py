@@ -88,7 +88,8 @@ def read_manifest(
     private_hosts: Allowance | None = None,
     s3_client: Any | None = None,
 ) -> Manifest:
-    """Read a CSV (local path or s3://bucket/key.csv) or an s3:// prefix of pictures.
+    """Read a CSV, Parquet or JSON Lines manifest (local or s3://) or an s3:// prefix
+    (of pictures, or of .parquet parts).
 
     `allowed_schemes` governs image locations; "file" covers plain local paths too.
     `private_hosts` is the internal hosts picture URLs may name (default: this worker's
