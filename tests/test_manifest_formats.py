@@ -187,3 +187,60 @@ def test_tables_on_s3_land_every_row_through_the_cli(
     _check_landed(frame, 3)
     if shape == "prefix":
         assert list(frame["line"]) == [1, 2, 3]
+
+
+def test_typed_model_inputs_are_sent_typed(pictures: Path) -> None:
+    """A boolean or integer model input in a Parquet manifest reaches the model's body as
+    a boolean or an integer (through the same per-row model rules as a CSV's cell)."""
+    import time
+
+    from i2v.catalog import build_catalog
+    from i2v.models import DEFAULT_MODEL
+    from i2v.row_models import plan_row_model
+    from i2v.simulator.catalog import input_schema_document, listing_entry
+
+    veo, seedance = (
+        "google/veo3.1-fast/image-to-video",
+        "bytedance/seedance-v1-pro-fast/image-to-video",
+    )
+    listing = {
+        "data": [
+            listing_entry(n, "http://sim", None, index=i) for i, n in enumerate([veo, seedance])
+        ]
+    }
+    catalog = build_catalog(
+        listing, {n: input_schema_document(n) for n in (veo, seedance)}, time.time()
+    )
+    rows = [
+        {
+            "id": "v",
+            "image": "astronaut.png",
+            "prompt": "tilt",
+            "model": veo,
+            "generate_audio": False,
+        },
+        {
+            "id": "s",
+            "image": "coffee.png",
+            "prompt": "orbit",
+            "model": seedance,
+            "seed": 42,
+            "cfg_scale": 7.5,
+        },
+    ]
+    columns = {k: None for r in rows for k in r}  # every row every column, None if unset
+    m = read(write_parquet(pictures / "m.parquet", [{**columns, **r} for r in rows]))
+    assert m.extra_types == {"generate_audio": "boolean", "seed": "Int64", "cfg_scale": "Float64"}
+    sent = [
+        plan_row_model(
+            catalog,
+            cell_model=r.extras["model"],
+            config_model=DEFAULT_MODEL,
+            prompt=r.prompt,
+            duration_text="",
+            extras=r.extras,
+        ).inputs
+        for r in m.rows
+    ]
+    assert sent == [{"generate_audio": False}, {"seed": 42, "cfg_scale": 7.5}]
+    assert type(sent[1]["seed"]) is int and sent[0]["generate_audio"] is False
