@@ -333,6 +333,7 @@ def _rows(
 ) -> Manifest:
     """Every row checked; Parquet and JSON Lines tables take this path as a CSV does."""
     header, records = table.header, table.records
+    _check_header(source, header, [])  # a Parquet file may repeat a column name too
     names = [h for h in header if h]
     if rules.spec.needs_image and "image" not in names:
         found = ", ".join(repr(h) for h in names) or "none"

@@ -222,7 +222,7 @@ def parquet_table(files: list[tuple[str, Path]]) -> Table:
                 f"manifest part {name} has columns {pf.schema_arrow.names}, but "
                 f"{first_name} has {header}; every .parquet file of a prefix needs the same"
             )
-    types = {n: _arrow_kind(schema.field(n).type) for n in header}
+    types = {n: _arrow_kind(schema.field(i).type) for i, n in enumerate(header)}
 
     def records() -> Iterator[tuple[int, list[str]]]:
         n = 0

@@ -99,6 +99,10 @@ def test_table_errors_are_specific(tmp_path: Path, pictures: Path) -> None:
     write_parquet(tmp_path / "noimage.parquet", [{"picture": "a.png", "prompt": "x"}])
     with pytest.raises(ManifestError, match="has no 'image' column; found: 'picture', 'prompt'"):
         read(tmp_path / "noimage.parquet")
+    twice = pa.Table.from_arrays([pa.array(["a.png"]), pa.array(["b.png"])], ["image", "image"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(ManifestError, match="duplicate column name 'image'"):
+        read(tmp_path / "twice.parquet")
     csv_named_parquet = write_parquet(tmp_path / "m.csv", ROWS)
     with pytest.raises(ManifestError, match=r"rename it \*\.parquet"):
         read(csv_named_parquet)
