@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from i2v.manifest_formats import JSONL_SUFFIXES, PARQUET_SUFFIXES
 from i2v.storage import Storage
 
-MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
+MANIFEST_SUFFIXES = (".csv", *PARQUET_SUFFIXES, *JSONL_SUFFIXES)
 
 LEDGER_PREFIX = "_inbox/"
 DEFAULT_LEASE_HOURS = 6.0
