@@ -62,10 +62,13 @@ async def run_table(
     opts = options or load_options()
     if opts.dry_run:
         raise ConfigError("run_table runs the batch; for an estimate use `i2v run --dry-run`")
-    given = rows.reset_index(drop=True) if isinstance(rows, pd.DataFrame) else None
-    frame = given.copy() if given is not None else pd.DataFrame(list(rows))
+    if isinstance(rows, pd.DataFrame):
+        frame = rows.reset_index(drop=True).copy()
+    else:
+        frame = pd.DataFrame(list(rows))
     if frame.empty:
         raise ManifestError("run_table got no rows")
+    given = frame["image"].astype("string") if "image" in frame.columns else None
     s3_dest = dest.strip().lower().startswith("s3://")
     local = False
     for column in PICTURE_COLUMNS:
@@ -93,8 +96,8 @@ async def run_table(
     import io
 
     results = pd.read_parquet(io.BytesIO(data))
-    if given is not None and "image" in given.columns and len(results) == len(given):
-        results["image"] = given["image"].astype("string").to_numpy()
+    if given is not None and len(results) == len(given):
+        results["image"] = given.to_numpy()
     return results
 
 

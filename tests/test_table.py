@@ -14,7 +14,7 @@ from prefect import flow
 from flows.table import run_table
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError
-from tests.helpers import options_for
+from tests.helpers import EXAMPLES, options_for
 
 SUBJECTS = {"astronaut.png": "astronaut", "coffee.png": "cup of coffee", "rocket.jpg": "rocket"}
 
@@ -72,3 +72,32 @@ def test_s3_dest_with_local_pictures_is_refused_before_anything_runs(pictures: P
     rows = [{"image": "rocket.jpg", "prompt": "lift off"}]
     with pytest.raises(ConfigError, match="pictures on S3"):
         asyncio.run(run_table(rows, "s3://bucket/out", pictures=pictures))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_list_of_dicts_into_an_s3_dest_with_pictures_on_s3(
+    simulator: Any, s3_endpoint: str, s3_bucket: str
+) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for name in ("astronaut.png", "rocket.jpg"):
+        s3.upload_file(str(EXAMPLES / name), s3_bucket, f"pics/{name}")
+    rows = [
+        {"id": "a", "image": "astronaut.png", "prompt": "push in", "take": 1},
+        {"id": "b", "image": "rocket.jpg", "prompt": "lift off", "take": 2},
+    ]
+    dest = f"s3://{s3_bucket}/out"
+
+    @flow
+    async def team() -> pd.DataFrame:
+        return await run_table(
+            rows, dest, options_for(simulator), pictures=f"s3://{s3_bucket}/pics"
+        )
+
+    results = asyncio.run(team())
+    assert list(results["status"]) == ["landed", "landed"]
+    assert list(results["video_uri"]) == [f"{dest}/videos/a.mp4", f"{dest}/videos/b.mp4"]
+    assert list(results["image"]) == ["astronaut.png", "rocket.jpg"]  # as given
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/runs/")["Contents"]]
+    assert sum(k.endswith("/manifest.parquet") and "/table-" in k for k in keys) == 1
