@@ -39,7 +39,7 @@ def run(
     source: Annotated[
         str,
         typer.Argument(
-            help="A CSV path, s3://bucket/key.csv, or an s3:// prefix of pictures.",
+            help="A CSV, Parquet or JSON Lines manifest (path or s3://), or an s3:// prefix.",
             show_default=False,
         ),
     ],

@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from flows.announce import announced
 from flows.approval import before_paying
 from flows.authority import check_worker_settings
 from flows.clients import atlas_client
@@ -148,13 +149,14 @@ async def i2v_batch(source: str, dest: str, options: BatchOptions = BatchOptions
     """Turn every row of SOURCE into DEST/videos/ID.mp4 and DEST/results.parquet (.csv).
 
     Args:
-        source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures.
+        source: A CSV, Parquet or JSON Lines manifest (a path or s3://), or an `s3://` prefix.
         dest: A folder or `s3://bucket/prefix`.
         options: Model, concurrency, budget, polling and API settings.
     """
     control = current_control()
     with stop_on_signals(control), untagged_task_runs():
-        return await _batch(source, dest, options, control, True, None)
+        run = _batch(source, dest, options, control, True, None)
+        return await announced(run, source, dest)  # one event per run: flows.announce
 
 
 @flow(name="i2v-shard", log_prints=False)
@@ -332,6 +334,7 @@ async def publish_run(
         model=ctx.model,
         dest=ctx.dest,
         extra_columns=opened.manifest.extra_columns,
+        extra_types=opened.manifest.extra_types,
     )
     summary = RunSummary(
         run_id=ctx.run_id,

@@ -29,6 +29,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from pydantic import Field
 
+from flows.announce import announced
 from flows.approval import approve_parent
 from flows.authority import check_worker_settings
 from flows.batch import i2v_shard
@@ -45,7 +46,7 @@ from flows.shard_runs import (
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, I2VError
 from i2v.lifecycle import triage
-from i2v.results import RunSummary, status_counts, top_errors, write_tables
+from i2v.results import RunSummary, qc_flags, status_counts, top_errors, write_tables
 from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
 from i2v.shards import MONEY, STATS, ShardReport, helper_reports, merge_shards, plan_shards
@@ -78,7 +79,7 @@ async def i2v_fanout(
     """Split SOURCE into shards run by workers of the pool; merge their results.
 
     Args:
-        source: A CSV path, `s3://bucket/key.csv`, or an `s3://` prefix of pictures;
+        source: A CSV, Parquet or JSON Lines manifest (a path or s3://), or an s3:// prefix;
             every worker must be able to read it (use S3 across machines).
         dest: A folder or `s3://bucket/prefix` shared by all shards.
         shard_size: Rows per shard (duplicates of one input always share a shard).
@@ -89,6 +90,18 @@ async def i2v_fanout(
         shard_in_parent: Run the first shard in this flow run, as a subflow, while the
             workers pick up the others: the provider's slots fill from the start.
     """
+    run = _fanout(source, dest, shard_size, options, deployment, shard_in_parent)
+    return await announced(run, source, dest)  # one event for all shards: flows.announce
+
+
+async def _fanout(
+    source: str,
+    dest: str,
+    shard_size: int,
+    options: BatchOptions,
+    deployment: str,
+    shard_in_parent: bool,
+) -> FanoutSummary:
     logger = get_run_logger()
     started = time.monotonic()
     await check_worker_settings(options)  # before any read; each shard checks on its worker
@@ -126,6 +139,7 @@ async def i2v_fanout(
         [shard_run(run) for run in finished],
         options,
         opened.manifest.extra_columns,
+        opened.manifest.extra_types,
     )
     helpers = await asyncio.to_thread(helper_reports, storage, [shard_run(run) for run in helped])
     paying = reports + helpers
@@ -140,6 +154,7 @@ async def i2v_fanout(
         simulated=options.api.simulator,
         elapsed_s=round(time.monotonic() - started, 3),
         top_errors=top_errors(frame),
+        qc_flagged=qc_flags(frame),
         shards=reports,
     )
     for name in STATS:

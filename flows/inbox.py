@@ -1,9 +1,10 @@
 """The inbox flow: every manifest dropped into an inbox prefix is processed once.
 
-Each tick (a cron schedule) lists the `*.csv` files directly under INBOX. A manifest
-whose current content has no "done" entry in the ledger is claimed, run through the
-batch flow (as a subflow) into DEST_ROOT/<manifest stem>/, and recorded as done, even if
-some rows failed: their reasons are in that results table, and a rerun is a person's call.
+Each tick (a cron schedule) lists the manifests (`*.csv`, `*.parquet`, `*.jsonl`)
+directly under INBOX. A manifest whose current content has no "done" entry in the
+ledger is claimed, run through the batch flow (as a subflow) into
+DEST_ROOT/<manifest stem>/, and recorded as done, even if some rows failed: their
+reasons are in that results table, and a rerun is a person's call.
 
 The ledger (`i2v.ledger`) is one JSON object per manifest name under DEST_ROOT/_inbox/,
 kept with the results it describes. It holds the manifest's sha256, so re-uploading
@@ -83,10 +84,11 @@ async def i2v_inbox(
     lease_hours: float = DEFAULT_LEASE_HOURS,
 ) -> InboxReport:
     """Process each new manifest in INBOX into DEST_ROOT/STEM/ (STEM: the manifest's
-    name without .csv), once.
+    name without its suffix), once.
 
     Args:
-        inbox: A folder or `s3://bucket/prefix/` where manifests (`*.csv`) are dropped.
+        inbox: A folder or `s3://bucket/prefix/` where manifests (`*.csv`, `*.parquet`,
+            `*.jsonl`) are dropped.
         dest_root: A folder or `s3://bucket/prefix/`; each manifest gets its own DEST
             under it, and the ledger lives in its `_inbox/`.
         options: Batch options for every manifest.

@@ -19,7 +19,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from i2v.manifest_formats import JSONL_SUFFIXES, PARQUET_SUFFIXES
 from i2v.storage import Storage
+
+MANIFEST_SUFFIXES = (".csv", *PARQUET_SUFFIXES, *JSONL_SUFFIXES)
 
 LEDGER_PREFIX = "_inbox/"
 DEFAULT_LEASE_HOURS = 6.0
@@ -179,12 +182,12 @@ def carried_history(entry: LedgerEntry | None) -> list[dict[str, Any]]:
 
 
 def list_manifests(inbox: Storage) -> list[str]:
-    """Names of the `*.csv` files directly under the inbox (subfolders hold pictures or
-    results, never manifests to pick up)."""
-    return [k for k in inbox.list("") if "/" not in k and k.lower().endswith(".csv")]
+    """Names of the manifests (`*.csv`, `*.parquet`, `*.jsonl`, `*.ndjson`) directly
+    under the inbox (subfolders hold pictures or results, never manifests to pick up)."""
+    return [k for k in inbox.list("") if "/" not in k and k.lower().endswith(MANIFEST_SUFFIXES)]
 
 
 def dest_for(dest_root: Storage, name: str) -> str:
-    """DEST for a manifest: <dest_root>/<file name without .csv>/."""
+    """DEST for a manifest: <dest_root>/<file name without its suffix>/."""
     stem = PurePosixPath(name).stem or name
     return dest_root.key_uri(f"{stem}/")

@@ -1,4 +1,5 @@
-"""Reading the data team's manifest: a CSV of pictures and prompts, or an S3 prefix.
+"""Reading the data team's manifest: a CSV, Parquet or JSON Lines table of pictures and
+prompts (`i2v.manifest_formats` reads the formats), or an S3 prefix.
 
 `read_manifest` does every check that needs no picture bytes, before anything is paid.
 Problems with the manifest as a whole raise `ManifestError`; a problem with one row
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from i2v import manifest_formats as formats
 from i2v._constants import MAX_ID_CHARS, SCHEME
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, ManifestError
@@ -63,6 +65,8 @@ class Manifest:
     base: str  # folder of the CSV, or the s3:// prefix relative images resolve against
     rows: list[ManifestRow]
     extra_columns: list[str]
+    # Typed extra columns (Parquet, JSON Lines) -> their results dtype ("Int64", ...).
+    extra_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def good_rows(self) -> list[ManifestRow]:
@@ -84,7 +88,8 @@ def read_manifest(
     private_hosts: Allowance | None = None,
     s3_client: Any | None = None,
 ) -> Manifest:
-    """Read a CSV (local path or s3://bucket/key.csv) or an s3:// prefix of pictures.
+    """Read a CSV, Parquet or JSON Lines manifest (local or s3://) or an s3:// prefix
+    (of pictures, or of .parquet parts).
 
     `allowed_schemes` governs image locations; "file" covers plain local paths too.
     `private_hosts` is the internal hosts picture URLs may name (default: this worker's
@@ -111,6 +116,9 @@ def read_manifest(
         from i2v.s3 import default_s3_client  # boto3 only for an S3 manifest
 
         client = s3_client if s3_client is not None else default_s3_client()
+        if formats.table_format(text):
+            bucket, key = text[5:].partition("/")[::2]
+            return _read_s3_table(text, client, bucket, [key], posixpath.dirname(key), rules)
         if text.lower().endswith(".csv"):
             return _read_s3_csv(text, client, rules)
         return _read_s3_prefix(text, client, rules)
@@ -121,6 +129,11 @@ def read_manifest(
             f"unsupported manifest source {text!r}: use a CSV path, s3://bucket/key.csv "
             "or an s3:// prefix of pictures"
         )
+    if fmt := formats.table_format(text):
+        path = Path(text).expanduser().absolute()
+        base = os.path.realpath(path.parent)
+        with formats.local_table(str(path), path, fmt) as table:
+            return _rows(str(path), base, table, LocalResolver(base, rules), rules)
     return _read_local_csv(Path(text), rules)
 
 
@@ -189,6 +202,7 @@ def _read_s3_prefix(uri: str, client: Any, rules: Rules) -> Manifest:
     listed = f"{prefix}/" if prefix else ""  # a folder: "pics" must not match "pics2/"
     base = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
     keys: list[str] = []
+    tables: list[str] = []  # .parquet parts: the prefix is one table manifest
     others = 0
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listed):
@@ -198,6 +212,8 @@ def _read_s3_prefix(uri: str, client: Any, rules: Rules) -> Manifest:
                 # leave "._photo.jpg" resource forks beside every photo.
                 if name.lower().endswith(PICTURE_SUFFIXES) and not name.startswith("."):
                     keys.append(obj["Key"])
+                elif formats.table_format(name) == "parquet" and not name.startswith((".", "_")):
+                    tables.append(obj["Key"])
                 elif name:
                     others += 1
     except S3_ERRORS as exc:
@@ -206,6 +222,13 @@ def _read_s3_prefix(uri: str, client: Any, rules: Rules) -> Manifest:
                 f"manifest source {uri}: bucket {bucket!r} does not exist"
             ) from None
         raise ManifestError(f"cannot list {uri}: {s3_error_detail(exc, bucket)}") from exc
+    if tables and keys:
+        raise ManifestError(
+            f"s3://{bucket}/{listed} holds both pictures and .parquet files; give the "
+            "manifest's own prefix or file, or move the pictures to their own prefix"
+        )
+    if tables:
+        return _read_s3_table(uri, client, bucket, sorted(tables), prefix, rules)
     if not keys:
         found = f" ({others} other objects found)" if others else ""
         if prefix.lower().endswith(PICTURE_SUFFIXES):
@@ -249,34 +272,17 @@ def _unique_stem(key: str, taken: set[str]) -> str:
 # ------------------------------------------------------------------------------ parsing
 
 
-def _decode(source: str, data: bytes) -> str:
-    head = data[:8192]
-    if head.startswith(b"PK\x03\x04"):
-        raise ManifestError(
-            f"manifest {source} is not a CSV (it looks like an Excel workbook or a zip); "
-            "export it as 'CSV UTF-8'"
-        )
-    if b"\x00" in head:
-        raise ManifestError(f"manifest {source} is not a CSV: it contains binary data")
-    try:
-        return data.decode("utf-8-sig")  # -sig: Excel's "CSV UTF-8" starts with a BOM
-    except UnicodeDecodeError as exc:
-        raise ManifestError(
-            f"manifest {source} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-            f"{exc.start}); save it as 'CSV UTF-8'"
-        ) from None
-
-
 def _parse(source: str, data: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line, fields) of the non-blank data rows; everything stays a string.
 
     The stdlib reader (not pandas) so duplicate column names and rows with too many
     fields are seen, not silently renamed or shifted.
     """
-    text = _decode(source, data)
+    text = formats.decode_csv(source, data)
     records: list[tuple[int, list[str]]] = []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=formats.sniff_delimiter(text))
     try:
-        for n, fields in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        for n, fields in enumerate(reader, start=1):
             records.append((n, fields))
     except csv.Error as exc:
         raise ManifestError(f"manifest {source} is not a valid CSV: {exc}") from None
@@ -306,20 +312,35 @@ def _check_header(source: str, header: list[str], rows: list[tuple[int, list[str
         seen[name] = i
 
 
+def _read_s3_table(
+    uri: str, client: Any, bucket: str, keys: list[str], folder: str, rules: Rules
+) -> Manifest:
+    """Parquet or JSON Lines objects on S3, through the same row checks as a CSV."""
+    base = f"s3://{bucket}/{folder}" if folder else f"s3://{bucket}"
+    fmt = formats.table_format(keys[0]) or "parquet"
+    with formats.s3_table(client, bucket, keys, fmt) as table:
+        return _rows(uri, base, table, S3Resolver(bucket, folder, rules), rules)
+
+
 def _build(source: str, base: str, data: bytes, resolver: Resolver, rules: Rules) -> Manifest:
     header, records = _parse(source, data)
     _check_header(source, header, records)
+    return _rows(source, base, formats.Table(header, records), resolver, rules)
+
+
+def _rows(
+    source: str, base: str, table: formats.Table, resolver: Resolver, rules: Rules
+) -> Manifest:
+    """Every row checked; Parquet and JSON Lines tables take this path as a CSV does."""
+    header, records = table.header, table.records
+    _check_header(source, header, [])  # a Parquet file may repeat a column name too
     names = [h for h in header if h]
     if rules.spec.needs_image and "image" not in names:
         found = ", ".join(repr(h) for h in names) or "none"
         hint = ""
         if any(h.lower() == "image" for h in names):
             hint = " (column names are case-sensitive: name it 'image')"
-        elif len(names) == 1 and (";" in names[0] or "\t" in names[0]):
-            hint = " (the file looks ';'- or tab-separated; save it comma-separated)"
         raise ManifestError(f"manifest {source} has no 'image' column; found: {found}{hint}")
-    if not records:
-        raise ManifestError(f"manifest {source} has a header but no data rows")
 
     index = {name: i for i, name in enumerate(header) if name}
     extra_columns = [h for h in header if h and h not in KNOWN_COLUMNS]
@@ -360,7 +381,10 @@ def _build(source: str, base: str, data: bytes, resolver: Resolver, rules: Rules
                 error=error,
             )
         )
-    return Manifest(source=source, base=base, rows=rows, extra_columns=extra_columns)
+    if not rows:
+        raise ManifestError(f"manifest {source} has a header but no data rows")
+    kept = {c: t for c, t in table.types.items() if c in extra_columns and t != "string"}
+    return Manifest(source, base, rows, extra_columns, extra_types=kept)
 
 
 def read_manifest_for(source: str, options: BatchOptions, s3_client: Any = None) -> Manifest:

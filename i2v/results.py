@@ -7,13 +7,14 @@ import shutil
 import signal
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from i2v.lifecycle import not_processed, rejected
+from i2v.manifest_formats import typed_column
 from i2v.qc import is_flagged
 from i2v.run import Job, RowPlan, RowStatus
 from i2v.spend import money_note, tally
@@ -71,8 +72,10 @@ def result_rows(
     model: str,
     dest: Storage,
     extra_columns: Sequence[str],
+    extra_types: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Build the table from the checked rows and each job's outcome.
+    """Build the table from the checked rows and each job's outcome (`extra_types`: the
+    manifest's typed columns, given back typed: `i2v.manifest_formats`).
 
     Built column by column (no dict per row), so a 100,000-row table costs its columns
     and not 100,000 dicts on top of them at the end of the run.
@@ -128,6 +131,8 @@ def result_rows(
     import pandas as pd  # deferred: importing the flows need not load pandas
 
     frame = pd.DataFrame({c: pd.Series(data.pop(c), dtype=_dtype(c)) for c in columns})
+    for col, dtype in (extra_types or {}).items():
+        frame[carried[col]] = typed_column(frame[carried[col]], dtype)
     return frame
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,8 @@ from i2v.concurrency import parallel_map
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError, StorageError
 from i2v.lifecycle import all_videos_in, outcome_of
-from i2v.results import DTYPES, RunSummary, result_rows, status_counts, table_columns
+from i2v.manifest_formats import typed_column
+from i2v.results import DTYPES, RunSummary, carried_name, result_rows, status_counts, table_columns
 from i2v.rows import group_jobs
 from i2v.run import Job, RowPlan, RowStatus
 from i2v.state import InputRecord, Phase, StateStore
@@ -96,6 +97,7 @@ def merge_shards(
     runs: Sequence[ShardRun],
     options: BatchOptions,
     extra_columns: Sequence[str],
+    extra_types: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, list[ShardReport]]:
     """One table in manifest order from the shards' run tables. Rows of a shard that
     left no table are landed when their records say so (with every video in DEST), else
@@ -136,7 +138,7 @@ def merge_shards(
             landed = _landed_by_records(storage, missing, options)
             lost = result_rows(
                 missing, landed, model=model, dest=storage, extra_columns=extra_columns
-            )
+            )  # typed below, with the shards' tables
             lost.loc[lost["status"] == str(RowStatus.NOT_SUBMITTED), "error"] = why
             if table is None:
                 report.counts = {k: v for k, v in status_counts(lost).items() if v}
@@ -152,6 +154,8 @@ def merge_shards(
     frame = frame.sort_values("line", kind="stable").reset_index(drop=True)
     for col in columns:
         frame[col] = frame[col].astype(DTYPES.get(col, "string"))  # type: ignore[call-overload]
+    for col, dtype in (extra_types or {}).items():  # the manifest's typed columns
+        frame[carried_name(col)] = typed_column(frame[carried_name(col)], dtype)
     return frame, reports
 
 

@@ -39,9 +39,10 @@ SECRET_VALUE = f"sk-block-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Stack]:
     """A prefect server, the pool, the limit, the deployments, the lost-run automation,
-    the simulator and two workers that allow it as their API."""
+    the simulator and two workers that allow it as their API (and reach the moto S3
+    server: `s3_endpoint` set AWS_ENDPOINT_URL before they start)."""
     from i2v.simulator.server import start_simulator
 
     inbox = tmp_path_factory.mktemp("inbox")
@@ -429,7 +430,91 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
         *(n for n in ("server", *WORKERS) if SECRET_VALUE in stack.log_text(n)),
     ]
     assert not leaks, f"the API key leaked into: {leaks}"
+    # One event for the whole fan-out, none per shard, related to the parent's run.
+    [event] = run_events(stack, dest)
+    assert event["event"] == "i2v.run.completed" and event["payload"]["counts"] == {"landed": 24}
+    related = {r["prefect.resource.id"] for r in event["related"]}
+    assert f"prefect.flow-run.{parent.id}" in related
     print(f"fan-out of 24 rows in 4 shards: {elapsed:.1f} s")
+
+
+def run_events(stack: Stack, dest: Path | str, want: int = 1) -> list[dict[str, Any]]:
+    """The `i2v.run.*` events of DEST, read through the server's API
+    (POST /api/events/filter), waiting up to 30 s for `want` of them."""
+    import httpx
+
+    query = {
+        "filter": {
+            "event": {"prefix": ["i2v.run."]},
+            "resource": {"id": [f"i2v.dest.{dest}"]},
+        },
+        "limit": 50,
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        found = httpx.post(f"{stack.url}/events/filter", json=query, timeout=10).json()["events"]
+        if len(found) >= want or time.monotonic() > deadline:
+            return list(found)
+        time.sleep(0.5)
+
+
+@pytest.mark.server
+def test_parquet_and_jsonl_manifests_local_and_on_s3_through_deployment_runs(
+    stack: Stack, tmp_path: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """Four runs of i2v-batch/batch: a Parquet and a JSON Lines manifest, each on a
+    local disk and on S3; every row lands, typed columns stay typed, and each run leaves
+    one i2v.run.completed event naming its DEST and counts."""
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
+        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    rows = [
+        {"id": "a", "image": "astronaut.png", "prompt": "push in", "duration": 6, "take": 1},
+        {"id": "b", "image": "rocket.jpg", "prompt": "lift off", "duration": 10, "take": 2},
+    ]
+    for name in ("astronaut.png", "rocket.jpg"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+        s3.upload_file(str(EXAMPLES / name), s3_bucket, f"in/{name}")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sources = {}
+    for fmt in ("parquet", "jsonl"):
+        sources[f"local-{fmt}"] = str(tmp_path / f"m.{fmt}")
+        s3.upload_file(str(tmp_path / f"m.{fmt}"), s3_bucket, f"in/m.{fmt}")
+        sources[f"s3-{fmt}"] = f"s3://{s3_bucket}/in/m.{fmt}"
+    options = {
+        "poll_interval_s": 0.2,
+        "expected_duration_s": 1.0,
+        "timeout_s": 60,
+        "api": {"base_url": stack.sim.url, "api_key_secret_block": SECRET_BLOCK},
+    }
+    with client_for(stack.url) as client:
+        created = {
+            name: client.create_flow_run_from_deployment(
+                stack.deployments["i2v-batch/batch"].id,
+                parameters={"source": src, "dest": str(tmp_path / name), "options": options},
+            )
+            for name, src in sources.items()
+        }
+        runs = {name: _wait_final(client, run.id, 240) for name, run in created.items()}
+    for name, run in runs.items():
+        assert run.state is not None and run.state.is_completed(), (name, run.state)
+        table = pd.read_parquet(tmp_path / name / "results.parquet")
+        assert list(table["status"]) == ["landed", "landed"], (name, table)
+        assert list(table["take"]) == [1, 2] and str(table["take"].dtype) == "Int64", name
+        [event] = run_events(stack, tmp_path / name)
+        assert event["event"] == "i2v.run.completed", (name, event)
+        assert event["payload"]["dest"] == str(tmp_path / name)
+        assert event["payload"]["counts"] == {"landed": 2}
+        assert event["payload"]["source"] == sources[name]
+        related = {r["prefect.resource.id"] for r in event["related"]}
+        assert f"prefect.flow-run.{run.id}" in related
 
 
 # ------------------------------------------------------- shard planning and merging
@@ -493,6 +578,8 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     plans[1].error, plans[1].identity = "picture too small", None  # line 3: rejected
     for p in plans:
         p.picture = object()  # type: ignore[assignment]
+        p.row.extras = {"take": str(p.row.line)}  # a typed (Parquet) column of the team's
+    typed = {"take": "Int64"}
     storage = open_storage(tmp_path / "dest")
     options = BatchOptions.model_validate({})
     ok_id = str(uuid.uuid4())
@@ -508,7 +595,14 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     jobs = group_jobs([plans[2], plans[3]], options)
     for job in jobs:
         job.outcome = JobOutcome(RowStatus.LANDED)
-    table = result_rows([plans[2], plans[3]], jobs, model="m", dest=storage, extra_columns=[])
+    table = result_rows(
+        [plans[2], plans[3]],
+        jobs,
+        model="m",
+        dest=storage,
+        extra_columns=["take"],
+        extra_types=typed,
+    )
     write_tables(storage, table, f"20260101T000000Z-{ok_id[:8]}", publish=False)
     store = StateStore(storage)
     store.put(
@@ -524,8 +618,11 @@ def test_merge_reports_a_crashed_shard_instead_of_dropping_its_rows(tmp_path: Pa
     storage.write_bytes("videos/r6.mp4", b"\x00\x00\x00\x18ftypmp42")
     store.put(InputRecord(identity="id2", model="m", phase=Phase.SUBMITTED, prediction_id="p2"))
 
-    frame, reports = merge_shards(storage, plans, [[4, 5], [2, 3, 6]], [ok, dead], options, [])
+    frame, reports = merge_shards(
+        storage, plans, [[4, 5], [2, 3, 6]], [ok, dead], options, ["take"], typed
+    )
     assert list(frame["line"]) == [2, 3, 4, 5, 6]
+    assert str(frame["take"].dtype) == "Int64" and list(frame["take"]) == [2, 3, 4, 5, 6]
     by_line = frame.set_index("line")
     assert list(by_line.loc[[4, 5], "status"]) == ["landed", "landed"]
     assert by_line.loc[3, "status"] == "rejected"  # its own reason, whatever the shard did

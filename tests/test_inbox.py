@@ -411,3 +411,18 @@ def test_unset_deployment_parameters_do_nothing_and_say_what_to_set(tmp_path: Pa
     report = asyncio.run(i2v_inbox(inbox=str(tmp_path), dest_root="{{ $I2V_DEST_ROOT }}"))
     assert report.not_configured and "set dest_root " in report.not_configured
     assert not list(tmp_path.iterdir()), "an unconfigured tick writes nothing"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_parquet_and_jsonl_manifests_are_picked_up(simulator: Any, tmp_path: Path) -> None:
+    inbox = local_inbox(tmp_path, PICTURES, [("c1", "astronaut.png", "pan left")])
+    (inbox / "m.csv").unlink()
+    rows = [{"id": "p1", "image": "rocket.jpg", "prompt": "tilt up", "take": 7}]
+    pd.DataFrame(rows).to_parquet(inbox / "t.parquet")
+    (inbox / "j.jsonl").write_text(json.dumps({"id": "j1", "image": "coffee.png"}) + "\n")
+    root = tmp_path / "results"
+    report = tick(str(inbox), str(root), options_for(simulator))
+    assert sorted(e.name for e in report.processed) == ["j.jsonl", "t.parquet"]
+    parquet = pd.read_parquet(root / "t" / "results.parquet")
+    assert list(parquet["status"]) == ["landed"] and list(parquet["take"]) == [7]
+    assert list(pd.read_parquet(root / "j" / "results.parquet")["id"]) == ["j1"]
