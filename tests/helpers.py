@@ -221,3 +221,60 @@ def read_artifacts(*, key: str | None = None, flow_run_id: Any = None) -> list[A
         return list(
             client.read_artifacts(artifact_filter=wanted, sort=ArtifactSort.CREATED_DESC, limit=200)
         )
+
+
+class Terminal:
+    """`i2v ARGS` on a pseudo-terminal, as a user at a terminal runs it (from the
+    repository, with its own PREFECT_HOME under `tmp_path` and a temporary server)."""
+
+    def __init__(self, tmp_path: Path, args: list[str]) -> None:
+        import pty
+
+        env = {**os.environ, "ATLASCLOUD_API_KEY": TEST_API_KEY, "COLUMNS": "160"}
+        env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+        env.pop("PREFECT_API_URL", None)
+        self.leader, follower = pty.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=REPO,
+            env=env,
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+        )
+        os.close(follower)
+        self.seen = b""
+
+    def read(self, timeout_s: float) -> bytes:
+        """What the command wrote within `timeout_s` (b"" when nothing came)."""
+        import select
+
+        got = b""
+        while select.select([self.leader], [], [], timeout_s)[0]:
+            try:
+                chunk = os.read(self.leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            got += chunk
+            timeout_s = min(timeout_s, 0.2)
+        self.seen += got
+        return got
+
+    def type(self, text: str) -> None:
+        os.write(self.leader, text.encode())
+
+    def finish(self, timeout_s: float = 120) -> str:
+        """Everything it wrote, once it has exited (its code in `proc.returncode`)."""
+        while True:
+            try:
+                chunk = os.read(self.leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.seen += chunk
+        self.proc.wait(timeout=timeout_s)
+        os.close(self.leader)
+        return self.seen.decode(errors="replace")

@@ -2,8 +2,8 @@
 loopback port, the work pool, the provider cap, the deployments from
 deployments/prefect.yaml; workers are started by each test module as it needs them.
 
-Shared by tests/test_deployments.py and tests/test_lost_worker.py (no test module
-imports another).
+Shared by tests/test_deployments.py, test_approval.py and test_lost_worker.py (no test
+module imports another).
 """
 
 from __future__ import annotations
@@ -201,6 +201,39 @@ def running_stack(home: Path, logs: Path, *, limit: int, env: Mapping[str, str])
         yield s
     finally:
         teardown(s.procs)
+
+
+@contextlib.contextmanager
+def simulated_stack(
+    home: Path,
+    logs: Path,
+    *,
+    limit: int,
+    inbox: Path,
+    latency_s: float,
+    api_key: str,
+    wrong_env_key: str,
+) -> Iterator[Stack]:
+    """`running_stack` beside an Atlas simulator (taking `api_key`) that the workers
+    allow as their API. Their own ATLASCLOUD_API_KEY is `wrong_env_key`, so a run
+    that works took its key from the Secret block; the inbox folder is `inbox`."""
+    from i2v.simulator.server import start_simulator
+
+    sim = start_simulator(port=0, latency_s=latency_s, api_key=api_key)
+    env = {
+        "I2V_INBOX": str(inbox),
+        "I2V_DEST_ROOT": str(inbox / "out"),
+        "ATLASCLOUD_API_KEY": wrong_env_key,
+        # The workers' own API stays ATLASCLOUD_BASE_URL (conftest: a dead port); the
+        # forms may name the simulator because the workers allow it.
+        "I2V_ALLOWED_BASE_URLS": sim.url,
+    }
+    try:
+        with running_stack(home, logs, limit=limit, env=env) as s:
+            s.sim = sim
+            yield s
+    finally:
+        sim.stop()
 
 
 def all_logs(client: Any) -> list[Any]:

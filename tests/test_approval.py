@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import EXAMPLES, TEST_API_KEY
-from tests.prefect_stack import POOL, Stack, client_for, running_stack
+from tests.prefect_stack import POOL, Stack, client_for, simulated_stack
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.server]
 
@@ -31,26 +31,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from i2v.simulator.server import start_simulator
-
-    inbox = tmp_path_factory.mktemp("inbox")
-    sim = start_simulator(port=0, latency_s=0.5, api_key=SECRET_VALUE)
-    env = {
-        "I2V_INBOX": str(inbox),
-        "I2V_DEST_ROOT": str(inbox / "out"),
-        "ATLASCLOUD_API_KEY": TEST_API_KEY,
-        "I2V_ALLOWED_BASE_URLS": sim.url,
-    }
     home, logs = tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("logs")
-    try:
-        with running_stack(home, logs, limit=3, env=env) as s:
-            s.sim = sim
-            with temporary_settings(updates={PREFECT_API_URL: s.url}):
-                Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
-            s.i2v_worker("i2v-a1", limit=3)
-            yield s
-    finally:
-        sim.stop()
+    inbox = tmp_path_factory.mktemp("inbox")
+    with simulated_stack(
+        home,
+        logs,
+        limit=3,
+        inbox=inbox,
+        latency_s=0.5,
+        api_key=SECRET_VALUE,
+        wrong_env_key=TEST_API_KEY,
+    ) as s:
+        with temporary_settings(updates={PREFECT_API_URL: s.url}):
+            Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+        s.i2v_worker("i2v-a1", limit=3)
+        yield s
 
 
 def _manifest(folder: Path, tag: str) -> Path:

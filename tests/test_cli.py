@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 
 from cli.common import run_async
 from cli.main import app
-from tests.helpers import REPO, TEST_API_KEY, sim_config, start_cli, state_phases, write_manifest
+from tests.helpers import (
+    REPO,
+    TEST_API_KEY,
+    Terminal,
+    sim_config,
+    start_cli,
+    state_phases,
+    write_manifest,
+)
 
 runner = CliRunner()
 
@@ -207,39 +215,15 @@ def test_progress_bar_total_is_the_manifest_rows(
 ) -> None:
     """Driven through a pseudo-terminal, as a user sees it: the bar's total is the
     number of rows as soon as they are read, and it fills to it (a rejected row too)."""
-    import pty
-
     sim = make_simulator(latency_s=0.2)
     rows = [{"id": f"p{i}", "image": "coffee.png", "prompt": f"pan {i}"} for i in range(5)]
     rows.append({"id": "bad", "image": "missing.png", "prompt": "pan"})
     manifest = write_manifest(pictures, rows)
-    env = {**os.environ, "ATLASCLOUD_API_KEY": TEST_API_KEY, "COLUMNS": "160"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env.pop("PREFECT_API_URL", None)
     args = ["run", str(manifest), "--dest", str(tmp_path / "out"), "--config"]
     args.append(str(sim_config(tmp_path, sim)))
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=REPO,
-        env=env,
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-    )
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    proc.wait(timeout=120)
-    os.close(leader)
-    screen = seen.decode(errors="replace")
+    term = Terminal(tmp_path, args)
+    screen = term.finish()
+    proc = term.proc
     assert proc.returncode == 1, screen  # the bad row is rejected
     fractions = re.findall(r"(\d+)/(\d+)", screen)
     assert fractions, screen

@@ -3,11 +3,6 @@ paid); with `--yes` it runs; under the threshold it never asks."""
 
 from __future__ import annotations
 
-import os
-import pty
-import select
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, TEST_API_KEY, cli_run, sim_config, write_manifest
+from tests.helpers import Terminal, cli_run, sim_config, write_manifest
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(300)]
 
@@ -51,41 +46,16 @@ def test_the_question_holds_the_bar_still_on_a_terminal(
     rows = [{"id": f"t{i}", "image": "astronaut.png", "prompt": f"tty {i}"} for i in range(3)]
     manifest = write_manifest(pictures, rows)
     config = sim_config(tmp_path, simulator, approve_over_usd=0.5)
-    env = {**os.environ, "ATLASCLOUD_API_KEY": TEST_API_KEY, "COLUMNS": "160"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env.pop("PREFECT_API_URL", None)
     args = ["run", str(manifest), "--dest", str(tmp_path / "out"), "--config", str(config)]
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=REPO,
-        env=env,
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-    )
-    os.close(follower)
-    seen = b""
+    term = Terminal(tmp_path, args)
     deadline = time.monotonic() + 120
-    while b"Approve this run? [y/N]: " not in seen:
-        assert time.monotonic() < deadline and proc.poll() is None, seen.decode(errors="replace")
-        if select.select([leader], [], [], 1.0)[0]:
-            seen += os.read(leader, 65536)
+    while b"Approve this run? [y/N]: " not in term.seen:
+        assert time.monotonic() < deadline and term.proc.poll() is None, term.seen
+        term.read(1.0)
     assert simulator.stats.jobs_created == 0, "nothing is paid before the answer"
-    quiet = b""
-    while select.select([leader], [], [], 1.5)[0]:
-        quiet += os.read(leader, 65536)
+    quiet = term.read(1.5)
     assert quiet == b"", f"the screen changed under the question: {quiet!r}"
-    os.write(leader, b"y\n")
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    proc.wait(timeout=120)
-    os.close(leader)
-    assert proc.returncode == 0, seen.decode(errors="replace")
+    term.type("y\n")
+    screen = term.finish()
+    assert term.proc.returncode == 0, screen
     assert simulator.stats.jobs_created == 3

@@ -28,7 +28,7 @@ import pytest
 from i2v.models import MODELS
 from tests.helpers import EXAMPLES, REPO, TEST_API_KEY
 from tests.listeners import Listener
-from tests.prefect_stack import POOL, Stack, all_logs, client_for, running_stack
+from tests.prefect_stack import POOL, Stack, all_logs, client_for, simulated_stack
 
 pytestmark = [pytest.mark.timeout(420)]
 
@@ -43,29 +43,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     """A prefect server, the pool, the limit, the deployments, the lost-run automation,
     the simulator and two workers that allow it as their API (and reach the moto S3
     server: `s3_endpoint` set AWS_ENDPOINT_URL before they start)."""
-    from i2v.simulator.server import start_simulator
-
-    inbox = tmp_path_factory.mktemp("inbox")
-    sim = start_simulator(port=0, latency_s=1.0, api_key=SECRET_VALUE)
-    env = {
-        "I2V_INBOX": str(inbox),
-        "I2V_DEST_ROOT": str(inbox / "out"),
-        # Wrong on purpose: the runs must take the key from the Secret block.
-        "ATLASCLOUD_API_KEY": TEST_API_KEY,
-        # The workers' own API stays ATLASCLOUD_BASE_URL (conftest: a dead port); the
-        # forms may name the simulator because the workers allow it.
-        "I2V_ALLOWED_BASE_URLS": sim.url,
-    }
     home, logs = tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("logs")
-    try:
-        with running_stack(home, logs, limit=LIMIT, env=env) as s:
-            s.sim = sim
-            s.cli("automation", "create", "--from-file", "deployments/automations.yaml")
-            for name in WORKERS:
-                s.i2v_worker(name, limit=3)
-            yield s
-    finally:
-        sim.stop()
+    inbox = tmp_path_factory.mktemp("inbox")
+    # The env key is wrong on purpose: the runs must take the key from the Secret block.
+    with simulated_stack(
+        home,
+        logs,
+        limit=LIMIT,
+        inbox=inbox,
+        latency_s=1.0,
+        api_key=SECRET_VALUE,
+        wrong_env_key=TEST_API_KEY,
+    ) as s:
+        s.cli("automation", "create", "--from-file", "deployments/automations.yaml")
+        for name in WORKERS:
+            s.i2v_worker(name, limit=3)
+        yield s
 
 
 # ----------------------------------------------------------------------- schemas
