@@ -5,12 +5,15 @@ would call port 4200), creates the work pool and the provider cap, deploys
 deployments/prefect.yaml, starts the Atlas simulator (`i2v simulate`) and a process
 worker, then runs the demo manifest twice: once from the batch deployment through the
 worker (the production form, pointed at the simulator with `api.base_url`) and once
-through the CLI (`configs/local.yaml`, the in-process simulator). The inbox deployment
+through the CLI (`configs/local.yaml`, the in-process simulator), and once as a fan-out
+of three shards (the parent runs waiting shards' rows itself). The inbox deployment
 is run once unconfigured, as a fresh deployment's schedule would. A headless Chromium
 (Debian's `chromium`, apt-installed when missing) then saves into out/ui-shots/:
 
     form.png                     the batch deployment's run form (options expanded)
     worker-run.png, cli-run.png  each run's page: the graph of its task runs
+    fanout-run.png               the fan-out's page: its shards and helper runs
+    events.png                   the Events page: each run's i2v.run.* event
     *-logs.png                   its log
     *-task-run-STEP.png          the page of each step's first task run (its log names
                                  the rows it carried)
@@ -360,6 +363,22 @@ def main() -> None:
                 },
             },
         )
+        fanout_run = run_deployment(
+            stack,
+            "i2v-fanout/fanout",
+            {
+                "source": manifest,
+                "dest": str(out / "dest-fanout"),
+                "shard_size": 2,
+                "options": {
+                    "prompt": "slow push in, gentle motion",
+                    "poll_interval_s": 0.25,
+                    "expected_duration_s": 2,
+                    "global_concurrency_limit": "atlascloud",
+                    "api": {"base_url": sim},
+                },
+            },
+        )
         inbox_run = run_deployment(stack, "i2v-inbox/inbox", {})
         print("==> the CLI: i2v run examples/manifest.csv", flush=True)
         stack.run(
@@ -390,6 +409,9 @@ def main() -> None:
                 tries=3,
             )
             shoot_run(shoot, stack, out, "worker-run", worker_run)
+            shoot_run(shoot, stack, out, "fanout-run", fanout_run)
+            # The runs' i2v.run.* events (and the assets' prefect.asset.* events).
+            shoot(f"{stack.ui}/events", out / "events.png", height=1400)
             shoot_run(shoot, stack, out, "cli-run", cli_run)
             if s3_run is not None:
                 shoot_run(shoot, stack, out, "s3-run", s3_run)
@@ -398,7 +420,10 @@ def main() -> None:
             json.dumps(
                 {
                     "ui": stack.ui,
-                    "runs": {r["name"]: r["state_name"] for r in (worker_run, inbox_run, cli_run)},
+                    "runs": {
+                        r["name"]: r["state_name"]
+                        for r in (worker_run, fanout_run, inbox_run, cli_run)
+                    },
                     "task_runs": sorted(
                         f"{t['name']}: {t['state_name']}"
                         for t in stack.post(
