@@ -103,6 +103,12 @@ class BatchOptions(BaseModel):
         title="Model",
         description="Atlas Cloud image-to-video model to run.",
     )
+    models: list[str] = Field(
+        [],
+        title="Bake-off models",
+        description="Run every row through each of these models (ids `<id>--<model>`, "
+        "one table, a comparison sheet); empty: one model per row.",
+    )
     duration: Literal[6, 10] = Field(
         6, title="Duration (s)", description="Video length, for rows that leave it empty."
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from i2v.lifecycle import not_processed, rejected
 from i2v.qc import is_flagged
+from i2v.row_plans import MODEL_COLUMN, model_inputs_of, model_of
 from i2v.run import Job, RowPlan, RowStatus
 from i2v.spend import money_note, tally
 from i2v.storage import Storage
@@ -48,6 +49,7 @@ COLUMNS: list[str] = [
     "video_height",
     "video_fps",
     "qc",
+    "model_inputs",
 ]
 
 DTYPES: dict[str, str] = {
@@ -78,7 +80,7 @@ def result_rows(
     and not 100,000 dicts on top of them at the end of the run.
     """
     by_identity = {job.identity: job for job in jobs}
-    carried = {c: carried_name(c) for c in extra_columns}
+    carried = {c: carried_name(c) for c in extra_columns if c != MODEL_COLUMN}
     columns = table_columns(extra_columns)
     data: dict[str, list[Any]] = {c: [] for c in columns}
     add = {c: data[c].append for c in columns}
@@ -98,8 +100,9 @@ def result_rows(
         add["id"](plan.row_id)
         add["image"](row.image)
         add["prompt"](row.prompt)
-        add["duration"](row.duration)
-        add["model"](model)
+        add["duration"](plan.row_model.duration if plan.row_model else row.duration)
+        add["model"](model_of(plan, model))
+        add["model_inputs"](model_inputs_of(plan, job.options if job else None))
         add["line"](row.line)
         add["input_identity"](plan.identity)
         add["status"](str(outcome.status))
@@ -133,7 +136,8 @@ def result_rows(
 
 def table_columns(extra_columns: Sequence[str]) -> list[str]:
     """The results table's columns: ours, then the manifest's own, in its order."""
-    return COLUMNS + [carried_name(c) for c in extra_columns]
+    # The manifest's `model` column is the row's model: the table's own `model`.
+    return COLUMNS + [carried_name(c) for c in extra_columns if c != MODEL_COLUMN]
 
 
 def carried_name(column: str) -> str:

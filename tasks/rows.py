@@ -42,7 +42,15 @@ class CheckedRows:
 
 @task(name="check-pictures", cache_policy=NO_CACHE)
 async def check_pictures(
-    manifest: Manifest, options: BatchOptions, s3_client: Any = None
+    manifest: Manifest,
+    options: BatchOptions,
+    s3_client: Any = None,
+    catalog: Any = None,
+    catalog_error: str | None = None,
 ) -> CheckedRows:
-    """Decode and check every picture (format, size, aspect) and hash each input."""
-    return CheckedRows(await check_rows(manifest, options, s3_client=s3_client))
+    """Check each row's model (`catalog`: the rows naming a model need it), decode and
+    check every picture (format, size, aspect) and hash each input."""
+    plans = await check_rows(
+        manifest, options, s3_client=s3_client, catalog=catalog, catalog_error=catalog_error
+    )
+    return CheckedRows(plans)

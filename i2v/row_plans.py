@@ -1,0 +1,131 @@
+"""A row's model (`i2v.row_models`) in a run: which rows take the schema path, the plan
+each gets before anything is paid, its price, the request its generate step sends, and
+the bake-off's rows (every row x each model).
+
+Rows of the config's hand-table model (`i2v.models`) without an end picture keep the
+body and identity they always had: nothing paid before is paid again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from i2v.catalog import Catalog
+from i2v.config import BatchOptions
+from i2v.errors import InputError
+from i2v.manifest import Manifest, ManifestRow
+from i2v.models import MODELS, build_inputs
+from i2v.row_models import END_IMAGE_COLUMN, bake_off_id, plan_row_model
+from i2v.run import Job, RowPlan, RunContext
+
+MODEL_COLUMN = "model"
+
+
+def row_model_name(row: ManifestRow, config_model: str) -> str:
+    """The row's `model` cell, else the config's model."""
+    return (row.extras.get(MODEL_COLUMN) or "").strip() or config_model
+
+
+def takes_schema_path(row: ManifestRow, config_model: str) -> bool:
+    """Every row but one of the config's hand-table model with no end picture."""
+    model = row_model_name(row, config_model)
+    end = (row.extras.get(END_IMAGE_COLUMN) or "").strip()
+    return model != config_model or model not in MODELS or bool(end)
+
+
+def needs_catalog(rows: Iterable[ManifestRow], config_model: str) -> bool:
+    return any(r.error is None and takes_schema_path(r, config_model) for r in rows)
+
+
+def plan_models(
+    plans: Sequence[RowPlan],
+    options: BatchOptions,
+    catalog: Catalog | None,
+    catalog_error: str | None = None,
+) -> None:
+    """Give each schema-path row its plan, or its error (the row is `rejected`)."""
+    config_model = str(options.model)
+    for plan in plans:
+        row = plan.row
+        if plan.error or not takes_schema_path(row, config_model):
+            continue
+        name = row_model_name(row, config_model)
+        if catalog is None:
+            plan.error = f"model {name!r}: the model catalog cannot be read ({catalog_error})"
+            continue
+        # A row of the config's model had its duration read (with the config's default).
+        duration = row.duration_text.strip() or (str(row.duration) if row.duration else "")
+        try:
+            plan.row_model = plan_row_model(
+                catalog,
+                cell_model=name,
+                config_model=config_model,
+                prompt=row.prompt,
+                duration_text=duration,
+                extras=row.extras,
+                price_overrides=options.prices_usd,
+            )
+        except InputError as exc:
+            plan.error = str(exc)
+            continue
+        if plan.row_model.price_usd is None:
+            plan.error = f"no price for {name}: the catalog lists none; add it under prices_usd"
+
+
+def job_price(options: BatchOptions, job: Job, catalog_usd: float | None = None) -> float:
+    """What one video of this input counts against a budget (one rule for every caller)."""
+    if job.row_model is not None and job.row_model.price_usd is not None:
+        return job.row_model.price_usd
+    return options.price(job.duration, catalog_usd=catalog_usd)
+
+
+def request_of(
+    ctx: RunContext, job: Job, image_url: str, end_url: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The model and the body this input's generate step sends."""
+    if job.row_model is None:
+        return ctx.model, build_inputs(
+            ctx.spec, image=image_url, prompt=job.prompt, duration=job.duration, options=job.options
+        )
+    return job.row_model.model, job.row_model.body(image_url, end_url, job.prompt)
+
+
+def model_of(plan: RowPlan, config_model: str) -> str:
+    """The results table's `model`: the row's model (its cell, when it was refused)."""
+    return plan.row_model.model if plan.row_model else row_model_name(plan.row, config_model)
+
+
+def model_inputs_of(plan: RowPlan, options: dict[str, Any] | None = None) -> str | None:
+    """The results table's `model_inputs`: what is sent besides pictures and prompt."""
+    if plan.error:
+        return None
+    if plan.row_model is not None:
+        return plan.row_model.model_inputs_json()
+    shown = {"duration": plan.row.duration, **(options or {})}
+    return json.dumps(shown, sort_keys=True, separators=(",", ":"))
+
+
+def expand_bakeoff(manifest: Manifest, models: Sequence[str], config_model: str) -> None:
+    """Every row x each model, as `<id>--<model short name>` rows of one manifest; each
+    pair is its own paid input (the config's model keeps its identities)."""
+    if not models:
+        return
+    rows: list[ManifestRow] = []
+    for row in manifest.rows:
+        base = row.id or f"line-{row.line}"
+        for model in models:
+            extras = {**row.extras, MODEL_COLUMN: model}
+            rows.append(
+                dataclasses.replace(
+                    row,
+                    id=bake_off_id(base, model),
+                    extras=extras,
+                    duration=row.duration if model == config_model else None,
+                )
+            )
+    manifest.rows = rows
+    if MODEL_COLUMN not in manifest.extra_columns:
+        manifest.extra_columns.append(MODEL_COLUMN)

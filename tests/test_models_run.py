@@ -1,0 +1,119 @@
+"""A model per row through the real run (`i2v run` against the simulator over HTTP):
+first-frame fields named `image`, `image_url` or `images`, end frames, enum and range
+durations and typed extra inputs, each body from the model's published schema; rows a
+schema cannot take are rejected before anything is paid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from i2v.models import DEFAULT_MODEL
+from tests.helpers import cli_run, sim_config, state_records, table, write_manifest
+
+KLING = "kwaivgi/kling-v3.0-std/image-to-video"
+VEO = "google/veo3.1-fast/image-to-video"
+SEEDANCE = "bytedance/seedance-v1-pro-fast/image-to-video"
+WAN = "alibaba/wan-2.6/image-to-video"
+VIDU = "vidu/q3/reference-to-video"
+T2I = "google/nano-banana/text-to-image"
+FAST = "minimax/hailuo-2.3/fast"
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("I2V_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def row(id: str, model: str = "", **cells: Any) -> dict[str, Any]:
+    base = {"id": id, "image": "astronaut.png", "prompt": "slow push in", "model": model}
+    return {**base, **{k: str(v) for k, v in cells.items()}}
+
+
+GOOD = [
+    row("hailuo", duration=6),  # the config's model: the hand-table path
+    row("kling", KLING, duration=10, end_image="coffee.png", cfg_scale=0.7),
+    row("veo", VEO, duration=8, generate_audio="no", resolution="1080p"),
+    row("seedance", SEEDANCE, duration=7, seed=42, cfg_scale=3),
+    row("wan", WAN, duration=15, end_image="rocket.jpg"),
+    row("vidu", VIDU, duration=4),
+    row("fast", FAST, duration=10),
+]
+BAD = {
+    "kling-7s": (row("kling-7s", KLING, duration=7), "duration 7 is not allowed"),
+    "typo": (row("typo", "kwaivgi/kling-v3.0-sd/image-to-video"), "close names: " + KLING),
+    "t2i": (row("t2i", T2I), "not image-to-video"),
+    "veo-no-prompt": (row("veo-no-prompt", VEO, prompt="", duration=4), "prompt"),
+    "seed-end": (row("seed-end", SEEDANCE, end_image="coffee.png"), "takes no end frame"),
+    "seed-cfg": (row("seed-cfg", SEEDANCE, cfg_scale=20), "cfg_scale"),
+    "veo-audio": (row("veo-audio", VEO, generate_audio="maybe"), "generate_audio"),
+}
+
+
+def test_one_manifest_through_many_models_chosen_per_row(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    manifest = write_manifest(pictures, GOOD + [r for r, _ in BAD.values()])
+    dest = tmp_path / "out"
+    config = sim_config(tmp_path, simulator)
+
+    result = cli_run(manifest, dest, config)
+    assert result.exit_code == 1, result.output  # some rows rejected
+
+    stats = simulator.stats
+    assert 400 not in stats.responses_by_status, "the simulator refused a body"
+    assert stats.generate_posts == len(GOOD) and stats.jobs_created == len(GOOD)
+    frame = table(dest).set_index("id")
+    for good in GOOD:
+        got = frame.loc[good["id"]]
+        assert got["status"] == "landed", (good["id"], got["error"])
+        assert got["model"] == (good["model"] or DEFAULT_MODEL)
+        assert got["duration"] == int(good["duration"])
+        # The simulator renders the requested duration; QC checked it for this model.
+        assert abs(got["video_duration_s"] - int(good["duration"])) < 0.5, good["id"]
+        assert got["qc"] == "ok", (good["id"], got["qc"])
+        assert json.loads(got["model_inputs"])["duration"] == int(good["duration"])
+    for bad_id, (_, needle) in BAD.items():
+        got = frame.loc[bad_id]
+        assert got["status"] == "rejected" and needle in got["error"], (bad_id, got["error"])
+        assert pd.isna(got["prediction_id"]), bad_id
+    assert "manifest_model" not in frame.columns
+    # Typed extra inputs went as the schema's types, and are recorded.
+    assert json.loads(frame.loc["veo", "model_inputs"]) == {
+        "duration": 8,
+        "generate_audio": False,
+        "resolution": "1080p",
+    }
+    assert json.loads(frame.loc["seedance", "model_inputs"]) == {
+        "cfg_scale": 3.0,
+        "duration": 7,
+        "seed": 42,
+    }
+    # Each input's state names its model and, for schema rows, the schema version.
+    records = {r["model"]: r for r in state_records(dest)}
+    assert set(records) == {g["model"] or DEFAULT_MODEL for g in GOOD}
+    assert records[DEFAULT_MODEL]["schema_version"] is None
+    assert all(records[m]["schema_version"] for m in (KLING, VEO, SEEDANCE, WAN, VIDU, FAST))
+    assert records[KLING]["cost_usd"] == pytest.approx(0.84)  # 10 s at twice the listed 5 s
+
+    # Never paid twice, per model: a rerun submits nothing.
+    again = cli_run(manifest, dest, config)
+    assert again.exit_code == 1, again.output
+    assert simulator.stats.generate_posts == len(GOOD)
+    assert (table(dest).set_index("id").loc[[g["id"] for g in GOOD], "status"] == "landed").all()
+
+
+def test_a_model_cell_needs_the_catalog_only_for_its_rows(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    """The dry run names each model's rows, new inputs and dollars; nothing is paid."""
+    manifest = write_manifest(pictures, GOOD[:3])
+    result = cli_run(manifest, tmp_path / "dry", sim_config(tmp_path, simulator), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert simulator.stats.generate_posts == 0
