@@ -19,6 +19,7 @@ from cli.logs import cli_log, hide_user_errors_from_prefect_console, quiet_prefe
 from cli.options import ConfigFile
 from cli.process_exit import exit_fast
 from cli.summary import print_summary
+from i2v.bakeoff import parse_models
 from i2v.config import load_options
 from i2v.errors import ConfigError, DestUnreachable, I2VError, ManifestError, StorageError
 
@@ -79,6 +80,14 @@ def run(
             help="Pay again for inputs whose answer was lost (may pay twice).",
         ),
     ] = False,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            metavar="A,B,C",
+            help="Bake-off: every row through each model (ids <id>--<model>, one table).",
+        ),
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", help="Approve a run over approve_over_usd without asking.")
     ] = False,
@@ -98,6 +107,7 @@ def run(
             budget_usd=budget_usd,
             dry_run=dry_run or None,
             resubmit_ambiguous=resubmit_ambiguous or None,
+            models=parse_models(models) if models else None,
         )
     except ConfigError as exc:
         raise typer.Exit(usage_error(exc)) from None
@@ -111,6 +121,7 @@ def run(
             "--timeout": timeout,
             "--budget-usd": budget_usd,
             "--resubmit-ambiguous": resubmit_ambiguous,
+            "--models": models,
         },
     )
     code = _run_flow(source, dest, options, verbose=verbose, command=command, yes=yes)

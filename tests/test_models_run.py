@@ -117,3 +117,41 @@ def test_a_model_cell_needs_the_catalog_only_for_its_rows(
     result = cli_run(manifest, tmp_path / "dry", sim_config(tmp_path, simulator), "--dry-run")
     assert result.exit_code == 0, result.output
     assert simulator.stats.generate_posts == 0
+
+
+def test_bake_off_of_three_models_on_the_examples_lands_the_sheet(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from PIL import Image
+
+    from i2v.row_models import bake_off_id
+    from i2v.sheet import THUMB_WIDTH
+    from tests.helpers import read_artifacts
+
+    shutil.copy(Path(__file__).parents[1] / "examples" / "manifest.csv", pictures)
+    manifest = pictures / "manifest.csv"
+    ids = list(pd.read_csv(manifest)["id"])
+    dest = tmp_path / "out"
+    config = sim_config(tmp_path, simulator)
+    plain = cli_run(manifest, dest, config)  # the default model first: paid once
+    assert plain.exit_code == 0, plain.output
+    paid = simulator.stats.generate_posts  # one row of the examples is a duplicate
+    assert 0 < paid < len(ids)
+
+    models = [DEFAULT_MODEL, SEEDANCE, FAST]
+    result = cli_run(manifest, dest, config, "--models", ",".join(models))
+    assert result.exit_code == 0, result.output
+    # The default model's pairs are the inputs paid before: never paid again.
+    assert simulator.stats.generate_posts == 3 * paid
+    assert 400 not in simulator.stats.responses_by_status
+    frame = table(dest)
+    assert list(frame["id"]) == [bake_off_id(i, m) for i in ids for m in models]
+    assert (frame["status"] == "landed").all()
+    assert list(frame["model"]) == [m for _ in ids for m in models]
+    runs = sorted((dest / "runs").glob("*/comparison_sheet.png"))
+    assert len(runs) == 1, "one sheet, for the bake-off run"
+    with Image.open(runs[0]) as sheet:
+        assert 3 * THUMB_WIDTH <= sheet.width < 4 * THUMB_WIDTH  # a column per model
+    assert read_artifacts(key="comparison-sheet"), "the sheet is linked from the run"
