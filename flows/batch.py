@@ -333,6 +333,7 @@ async def publish_run(
         model=ctx.model,
         dest=ctx.dest,
         extra_columns=opened.manifest.extra_columns,
+        catalog_model=ctx.options.catalog_model,
     )
     summary = RunSummary(
         run_id=ctx.run_id,

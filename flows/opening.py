@@ -74,7 +74,7 @@ async def open_run(
         manifest.rows = [r for r in manifest.rows if r.line in wanted]
     expand_bakeoff(manifest, options.models, str(options.model))
     catalog, catalog_error = None, None
-    if needs_catalog(manifest.rows, str(options.model)):
+    if needs_catalog(manifest.rows, options):
         catalog, catalog_error = await model_catalog(options)
     checked = await run_task_after(
         check_pictures,
@@ -106,9 +106,10 @@ def dry_run_summary(
 ) -> RunSummary:
     """Counts and the cost estimate without calling the API or writing anything."""
     counts, estimate = dry_run_counts(ctx, opened.plans, jobs)
+    by_model = per_model_lines(ctx, opened.plans, jobs)
     with contextlib.suppress(Exception):
         ctx.log.info("dry run: %s; estimated cost $%.2f", counts, estimate)
-        for line in per_model_lines(ctx, opened.plans, jobs):
+        for line in by_model:
             ctx.log.info("dry run: %s", line)
     return RunSummary(
         run_id=ctx.run_id,
@@ -118,6 +119,7 @@ def dry_run_summary(
         inputs=len(jobs),
         counts=counts,
         estimated_usd=estimate,
+        by_model=by_model,
         dry_run=True,
         simulated=ctx.simulated,
     )

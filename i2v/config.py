@@ -109,6 +109,12 @@ class BatchOptions(BaseModel):
         description="Run every row through each of these models (ids `<id>--<model>`, "
         "one table, a comparison sheet); empty: one model per row.",
     )
+    catalog_model: str = Field(
+        "",
+        title="Model from the catalog",
+        description="Any Atlas image-to-video model (see `i2v models`) for rows whose "
+        "`model` cell is empty, built from its published schema; empty: Model.",
+    )
     duration: Literal[6, 10] = Field(
         6, title="Duration (s)", description="Video length, for rows that leave it empty."
     )

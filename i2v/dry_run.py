@@ -31,7 +31,7 @@ def per_model_lines(ctx: RunContext, plans: Sequence[RowPlan], jobs: Sequence[Jo
     planned: list[tuple[str, bool, float | None]] = []
     for plan in plans:
         if plan.error:
-            planned.append((model_of(plan, config_model), False, None))
+            planned.append((model_of(plan, config_model, ctx.options.catalog_model), False, None))
     for job in jobs:
         new = job.outcome is None and job.action is Action.SUBMIT
         price = job_price(ctx.options, job, ctx.catalog_price_usd)

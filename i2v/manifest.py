@@ -87,6 +87,7 @@ def read_manifest(
     allowed_schemes: tuple[str, ...] = ("https", "s3", "file"),
     private_hosts: Allowance | None = None,
     s3_client: Any | None = None,
+    catalog_model: str = "",
 ) -> Manifest:
     """Read a CSV (local path or s3://bucket/key.csv) or an s3:// prefix of pictures.
 
@@ -102,6 +103,7 @@ def read_manifest(
         allow_outside_base=allow_outside_base,
         allowed_schemes=tuple(s.lower() for s in allowed_schemes),
         private_hosts=worker_allowance() if private_hosts is None else private_hosts,
+        catalog_model=catalog_model.strip(),
     )
     _check_defaults(rules)
     text = str(source).strip()
@@ -345,7 +347,7 @@ def _build(source: str, base: str, data: bytes, resolver: Resolver, rules: Rules
         row_id = cell("id").strip() or None
         image = cell("image").strip()
         prompt = cell("prompt").strip() or rules.default_prompt
-        own_model = cell("model").strip() not in ("", rules.spec.name)
+        own_model = (cell("model").strip() or rules.catalog_model) not in ("", rules.spec.name)
         duration, duration_error = (
             (None, None) if own_model else parse_duration(cell("duration"), rules)
         )
@@ -387,4 +389,5 @@ def read_manifest_for(source: str, options: BatchOptions, s3_client: Any = None)
         default_duration=options.duration,
         allow_outside_base=options.allow_outside_base,
         s3_client=s3_client,
+        catalog_model=options.catalog_model,
     )

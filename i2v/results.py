@@ -73,6 +73,7 @@ def result_rows(
     model: str,
     dest: Storage,
     extra_columns: Sequence[str],
+    catalog_model: str = "",
 ) -> pd.DataFrame:
     """Build the table from the checked rows and each job's outcome.
 
@@ -101,7 +102,7 @@ def result_rows(
         add["image"](row.image)
         add["prompt"](row.prompt)
         add["duration"](plan.row_model.duration if plan.row_model else row.duration)
-        add["model"](model_of(plan, model))
+        add["model"](model_of(plan, model, catalog_model))
         add["model_inputs"](model_inputs_of(plan, job.options if job else None))
         add["line"](row.line)
         add["input_identity"](plan.identity)
@@ -165,6 +166,8 @@ class RunSummary(BaseModel):
     refunded_usd: float = 0.0  # failed at the provider, given back
     maybe_usd: float = 0.0  # ambiguous: a paid job may exist
     estimated_usd: float = 0.0
+    # The dry run's `model: rows, new inputs, dollars` lines (`i2v.dry_run`).
+    by_model: list[str] = Field(default_factory=list)
     submissions: int = 0
     uploads: int = 0
     polls: int = 0

@@ -24,20 +24,23 @@ from i2v.run import Job, RowPlan, RunContext
 MODEL_COLUMN = "model"
 
 
-def row_model_name(row: ManifestRow, config_model: str) -> str:
-    """The row's `model` cell, else the config's model."""
-    return (row.extras.get(MODEL_COLUMN) or "").strip() or config_model
+def row_model_name(row: ManifestRow, config_model: str, catalog_model: str = "") -> str:
+    """The row's `model` cell, else `catalog_model` (`--model` naming a catalog model),
+    else the config's model."""
+    cell = (row.extras.get(MODEL_COLUMN) or "").strip()
+    return cell or catalog_model.strip() or config_model
 
 
-def takes_schema_path(row: ManifestRow, config_model: str) -> bool:
+def takes_schema_path(row: ManifestRow, config_model: str, catalog_model: str = "") -> bool:
     """Every row but one of the config's hand-table model with no end picture."""
-    model = row_model_name(row, config_model)
+    model = row_model_name(row, config_model, catalog_model)
     end = (row.extras.get(END_IMAGE_COLUMN) or "").strip()
     return model != config_model or model not in MODELS or bool(end)
 
 
-def needs_catalog(rows: Iterable[ManifestRow], config_model: str) -> bool:
-    return any(r.error is None and takes_schema_path(r, config_model) for r in rows)
+def needs_catalog(rows: Iterable[ManifestRow], options: BatchOptions) -> bool:
+    model, other = str(options.model), options.catalog_model
+    return any(r.error is None and takes_schema_path(r, model, other) for r in rows)
 
 
 def plan_models(
@@ -47,17 +50,20 @@ def plan_models(
     catalog_error: str | None = None,
 ) -> None:
     """Give each schema-path row its plan, or its error (the row is `rejected`)."""
-    config_model = str(options.model)
+    config_model, other = str(options.model), options.catalog_model
     for plan in plans:
         row = plan.row
-        if plan.error or not takes_schema_path(row, config_model):
+        if plan.error or not takes_schema_path(row, config_model, other):
             continue
-        name = row_model_name(row, config_model)
+        name = row_model_name(row, config_model, other)
         if catalog is None:
             plan.error = f"model {name!r}: the model catalog cannot be read ({catalog_error})"
             continue
-        # A row of the config's model had its duration read (with the config's default).
-        duration = row.duration_text.strip() or (str(row.duration) if row.duration else "")
+        # A row of the config's model had its duration read (with the config's default);
+        # another model's empty cell means that model's own default.
+        duration = row.duration_text.strip()
+        if not duration and row.duration and name == config_model:
+            duration = str(row.duration)
         try:
             plan.row_model = plan_row_model(
                 catalog,
@@ -93,9 +99,11 @@ def request_of(
     return job.row_model.model, job.row_model.body(image_url, end_url, job.prompt)
 
 
-def model_of(plan: RowPlan, config_model: str) -> str:
+def model_of(plan: RowPlan, config_model: str, catalog_model: str = "") -> str:
     """The results table's `model`: the row's model (its cell, when it was refused)."""
-    return plan.row_model.model if plan.row_model else row_model_name(plan.row, config_model)
+    if plan.row_model is not None:
+        return plan.row_model.model
+    return row_model_name(plan.row, config_model, catalog_model)
 
 
 def model_inputs_of(plan: RowPlan, options: dict[str, Any] | None = None) -> str | None:

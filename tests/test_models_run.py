@@ -109,14 +109,38 @@ def test_one_manifest_through_many_models_chosen_per_row(
     assert (table(dest).set_index("id").loc[[g["id"] for g in GOOD], "status"] == "landed").all()
 
 
-def test_a_model_cell_needs_the_catalog_only_for_its_rows(
+def test_dry_run_shows_rows_new_inputs_and_dollars_per_model(
     simulator: Any, pictures: Path, tmp_path: Path
 ) -> None:
-    """The dry run names each model's rows, new inputs and dollars; nothing is paid."""
-    manifest = write_manifest(pictures, GOOD[:3])
+    manifest = write_manifest(pictures, GOOD[:3] + [BAD["t2i"][0]])
     result = cli_run(manifest, tmp_path / "dry", sim_config(tmp_path, simulator), "--dry-run")
     assert result.exit_code == 0, result.output
     assert simulator.stats.generate_posts == 0
+    text = " ".join(result.output.split())
+    assert f"{DEFAULT_MODEL}: 1 rows, 1 new inputs, $0.28" in text
+    assert f"{KLING}: 1 rows, 1 new inputs, $0.84" in text  # 10 s: twice the listed 5 s
+    assert f"{VEO}: 1 rows, 1 new inputs, $0.80" in text
+    assert f"{T2I}: 1 rows, 0 new inputs, $0.00" in text
+
+
+def test_model_option_names_any_catalog_model_for_empty_cells(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    rows = [
+        row("plain"),  # Kling's own default duration (5 s), not the config's 6
+        row("ten", duration=10),
+        row("six", duration=6),  # fine for Hailuo, not for Kling
+        row("own", VEO, duration=4),
+    ]
+    manifest = write_manifest(pictures, rows)
+    dest = tmp_path / "out"
+    result = cli_run(manifest, dest, sim_config(tmp_path, simulator), "--model", KLING)
+    assert result.exit_code == 1, result.output
+    frame = table(dest).set_index("id")
+    assert list(frame["model"]) == [KLING, KLING, KLING, VEO]
+    assert list(frame["status"]) == ["landed", "landed", "rejected", "landed"]
+    assert frame.loc["plain", "duration"] == 5 and "5|10" in frame.loc["six", "error"]
+    assert simulator.stats.generate_posts == 3 and 400 not in simulator.stats.responses_by_status
 
 
 def test_bake_off_of_three_models_on_the_examples_lands_the_sheet(
