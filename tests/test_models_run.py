@@ -112,7 +112,7 @@ def test_one_manifest_through_many_models_chosen_per_row(
 def test_dry_run_shows_rows_new_inputs_and_dollars_per_model(
     simulator: Any, pictures: Path, tmp_path: Path
 ) -> None:
-    manifest = write_manifest(pictures, GOOD[:3] + [BAD["t2i"][0]])
+    manifest = write_manifest(pictures, [*GOOD[:3], BAD["t2i"][0]])
     result = cli_run(manifest, tmp_path / "dry", sim_config(tmp_path, simulator), "--dry-run")
     assert result.exit_code == 0, result.output
     assert simulator.stats.generate_posts == 0
