@@ -179,3 +179,24 @@ def test_bake_off_of_three_models_on_the_examples_lands_the_sheet(
     with Image.open(runs[0]) as sheet:
         assert 3 * THUMB_WIDTH <= sheet.width < 4 * THUMB_WIDTH  # a column per model
     assert read_artifacts(key="comparison-sheet"), "the sheet is linked from the run"
+
+
+def test_doctor_checks_each_model_the_config_and_manifest_name(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    manifest = write_manifest(pictures, [GOOD[1], GOOD[3], BAD["typo"][0]])
+    config = sim_config(tmp_path, simulator, catalog_model=VEO)
+    args = ["doctor", "--config", str(config), "--manifest", str(manifest)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output  # the typo is named with its close names
+    assert f"model {VEO}: $0.80, durations 4|6|8" in text
+    assert f"model {KLING}: $0.42" in text and "end frame `end_image_url`" in text
+    assert "manifest columns sent as inputs: cfg_scale" in text
+    assert "seed" in text and f"model {SEEDANCE}:" in text
+    assert "close names: " + KLING in text
+    assert simulator.stats.generate_posts == 0
