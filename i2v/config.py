@@ -106,7 +106,7 @@ class BatchOptions(BaseModel):
     models: list[str] = Field(
         [],
         title="Bake-off models",
-        description="Run every row through each of these models (ids `<id>--<model>`, "
+        description="Run every row through each of these models (row ids become ID--MODEL, "
         "one table, a comparison sheet); empty: one model per row.",
     )
     catalog_model: str = Field(

@@ -44,12 +44,12 @@ COLUMNS: list[str] = [
     "refund_usd",
     "line",
     "input_identity",
+    "model_inputs",
     "video_duration_s",
     "video_width",
     "video_height",
     "video_fps",
     "qc",
-    "model_inputs",
 ]
 
 DTYPES: dict[str, str] = {
