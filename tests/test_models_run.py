@@ -53,6 +53,7 @@ BAD = {
     "seed-end": (row("seed-end", SEEDANCE, end_image="coffee.png"), "takes no end frame"),
     "seed-cfg": (row("seed-cfg", SEEDANCE, cfg_scale=20), "cfg_scale"),
     "veo-audio": (row("veo-audio", VEO, generate_audio="maybe"), "generate_audio"),
+    "no-end": (row("no-end", KLING, end_image="nope.png"), "end_image: "),
 }
 
 
@@ -69,6 +70,7 @@ def test_one_manifest_through_many_models_chosen_per_row(
     stats = simulator.stats
     assert 400 not in stats.responses_by_status, "the simulator refused a body"
     assert stats.generate_posts == len(GOOD) and stats.jobs_created == len(GOOD)
+    assert stats.uploads == 3, "each picture once: first frames and end frames alike"
     frame = table(dest).set_index("id")
     for good in GOOD:
         got = frame.loc[good["id"]]
