@@ -21,7 +21,7 @@ from i2v.dest import open_storage
 from i2v.dry_run import dry_run_counts, per_model_lines
 from i2v.manifest import Manifest
 from i2v.results import RunSummary
-from i2v.row_plans import expand_bakeoff, needs_catalog
+from i2v.row_plans import needs_catalog
 from i2v.run import Job, RowPlan, RunContext
 from i2v.storage import Storage
 from tasks.rows import check_pictures, read_rows
@@ -72,7 +72,6 @@ async def open_run(
     if lines is not None:
         wanted = set(lines)
         manifest.rows = [r for r in manifest.rows if r.line in wanted]
-    expand_bakeoff(manifest, options.models, str(options.model))
     catalog, catalog_error = None, None
     if needs_catalog(manifest.rows, options):
         catalog, catalog_error = await model_catalog(options)

@@ -16,7 +16,7 @@ from typing import Any
 from i2v.catalog import Catalog
 from i2v.config import BatchOptions
 from i2v.errors import InputError
-from i2v.manifest import Manifest, ManifestRow
+from i2v.manifest import Manifest, ManifestRow, read_manifest_for
 from i2v.models import MODELS, build_inputs
 from i2v.row_models import END_IMAGE_COLUMN, bake_off_id, plan_row_model
 from i2v.run import Job, RowPlan, RunContext
@@ -116,24 +116,28 @@ def model_inputs_of(plan: RowPlan, options: dict[str, Any] | None = None) -> str
     return json.dumps(shown, sort_keys=True, separators=(",", ":"))
 
 
-def expand_bakeoff(manifest: Manifest, models: Sequence[str], config_model: str) -> None:
-    """Every row x each model, as `<id>--<model short name>` rows of one manifest; each
-    pair is its own paid input (the config's model keeps its identities)."""
-    if not models:
-        return
+# Read as "another model's rows": durations and prompts wait for each model's schema.
+_ANY_OTHER_MODEL = "(each bake-off model)"
+
+
+def read_rows_for(source: str, options: BatchOptions, s3_client: Any = None) -> Manifest:
+    """The manifest; for a bake-off (`options.models`), every row x each model as
+    `<id>--<model short name>` rows of one manifest. Each pair is its own paid input;
+    the config's model reads and keeps its rows as a plain run does (same identities)."""
+    plain = read_manifest_for(source, options, s3_client)
+    if not options.models:
+        return plain
+    other = options.model_copy(update={"catalog_model": _ANY_OTHER_MODEL})
+    deferred = read_manifest_for(source, other, s3_client)
+    config_model = str(options.model)
     rows: list[ManifestRow] = []
-    for row in manifest.rows:
+    for row, later in zip(plain.rows, deferred.rows, strict=True):
         base = row.id or f"line-{row.line}"
-        for model in models:
-            extras = {**row.extras, MODEL_COLUMN: model}
-            rows.append(
-                dataclasses.replace(
-                    row,
-                    id=bake_off_id(base, model),
-                    extras=extras,
-                    duration=row.duration if model == config_model else None,
-                )
-            )
-    manifest.rows = rows
-    if MODEL_COLUMN not in manifest.extra_columns:
-        manifest.extra_columns.append(MODEL_COLUMN)
+        for model in options.models:
+            src = row if model == config_model else later
+            extras = {**src.extras, MODEL_COLUMN: model}
+            rows.append(dataclasses.replace(src, id=bake_off_id(base, model), extras=extras))
+    plain.rows = rows
+    if MODEL_COLUMN not in plain.extra_columns:
+        plain.extra_columns.append(MODEL_COLUMN)
+    return plain

@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from i2v.config import BatchOptions
 from i2v.errors import StorageError
-from i2v.manifest import Manifest, read_manifest_for
+from i2v.manifest import Manifest
+from i2v.row_plans import read_rows_for
 from i2v.rows import check_rows
 from i2v.run import RowPlan
 from tasks._retry import retry_on
@@ -28,7 +29,7 @@ def read_rows(source: str, options: BatchOptions, s3_client: Any = None) -> Mani
 
     A manifest that cannot be used raises ManifestError before anything is paid.
     """
-    return read_manifest_for(source, options, s3_client)
+    return read_rows_for(source, options, s3_client)
 
 
 @dataclass(frozen=True)

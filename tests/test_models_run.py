@@ -202,3 +202,19 @@ def test_doctor_checks_each_model_the_config_and_manifest_name(
     assert "seed" in text and f"model {SEEDANCE}:" in text
     assert "close names: " + KLING in text
     assert simulator.stats.generate_posts == 0
+
+
+def test_a_bake_off_reads_each_rows_duration_for_each_model(pictures: Path) -> None:
+    """A 5 s row is Hailuo's problem only: Kling's pair keeps it for Kling's schema."""
+    from i2v.config import load_options
+    from i2v.row_plans import read_rows_for
+
+    manifest = write_manifest(pictures, [row("five", duration=5), row("six", duration=6)])
+    options = load_options(None, models=[DEFAULT_MODEL, KLING])
+    rows = {r.id: r for r in read_rows_for(str(manifest), options).rows}
+    hailuo, kling = "five--hailuo-2.3-i2v-standard", "five--kling-v3.0-std"
+    assert list(rows) == [hailuo, kling, "six--hailuo-2.3-i2v-standard", "six--kling-v3.0-std"]
+    assert rows[hailuo].error and "duration" in rows[hailuo].error
+    assert rows[kling].error is None and rows[kling].duration_text == "5"
+    assert rows["six--hailuo-2.3-i2v-standard"].duration == 6  # as a plain run reads it
+    assert rows[kling].extras["model"] == KLING
