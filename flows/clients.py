@@ -119,7 +119,9 @@ async def model_catalog(options: BatchOptions) -> tuple[Catalog | None, str | No
             timeouts=Timeouts(connect_s=5.0, read_s=15.0),
             max_connections=8,
         ) as client:
-            catalog = await load_catalog(client, default_cache_path(client.base_url))
+            # The in-process simulator listens on a new port each time: one cache for all.
+            where = "in-process-simulator" if handle is not None else client.base_url
+            catalog = await load_catalog(client, default_cache_path(where))
     except (ConfigError, AtlasError) as exc:
         return None, str(exc)
     finally:
