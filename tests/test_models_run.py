@@ -218,3 +218,22 @@ def test_a_bake_off_reads_each_rows_duration_for_each_model(pictures: Path) -> N
     assert rows[kling].error is None and rows[kling].duration_text == "5"
     assert rows["six--hailuo-2.3-i2v-standard"].duration == 6  # as a plain run reads it
     assert rows[kling].extras["model"] == KLING
+
+
+def test_the_budget_counts_each_rows_own_price(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    """$1.10 covers Veo ($0.80) and Hailuo ($0.28), not Kling at 10 s ($0.84) between."""
+    rows = [GOOD[2], GOOD[1], GOOD[0]]  # veo $0.80, kling 10 s $0.84, hailuo $0.28
+    manifest = write_manifest(pictures, rows)
+    dest = tmp_path / "out"
+    config = sim_config(tmp_path, simulator, concurrency=1)
+    result = cli_run(manifest, dest, config, "--budget-usd", "1.1")
+    assert result.exit_code == 1, result.output
+    frame = table(dest).set_index("id")
+    assert frame.loc["veo", "status"] == "landed"
+    assert frame.loc["veo", "cost_usd"] == pytest.approx(0.80)
+    assert frame.loc["kling", "status"] == "not_submitted"
+    assert "next video $0.84" in frame.loc["kling", "error"]
+    assert simulator.stats.generate_posts == 2  # veo, then hailuo's $0.28 still fits
+    assert frame.loc["hailuo", "status"] == "landed"
