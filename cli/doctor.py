@@ -40,20 +40,26 @@ def doctor(
             "--dest", metavar="DEST", help="Also check this folder or s3://bucket/prefix."
         ),
     ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option("--manifest", metavar="SOURCE", help="Also check each model its rows name."),
+    ] = None,
 ) -> None:
     """Check the API host, the key, the model and its published input schema, the
     price, DEST (and S3) and the Prefect API, using only calls that cost nothing."""
     from i2v.config import load_options
     from i2v.doctor import Check, exit_code
-    from i2v.errors import ConfigError
+    from i2v.errors import ConfigError, ManifestError
+    from i2v.manifest import read_manifest_for
 
     try:
         options = load_options(config)
-    except ConfigError as exc:
+        rows = read_manifest_for(manifest, options) if manifest else None
+    except (ConfigError, ManifestError) as exc:
         raise typer.Exit(usage_error(exc)) from None
     where = f"config {config}" if config else "default options (no --config)"
     first = Check(True, f"{where}: model {options.model}, duration {options.duration} s")
-    checks = [first, *_picture_hosts(), *run_async(_checks(options, dest))]
+    checks = [first, *_picture_hosts(), *run_async(_checks(options, dest, rows))]
     for check in checks:
         typer.echo(check.render())
     raise typer.Exit(exit_code(checks))
@@ -80,8 +86,9 @@ def _picture_hosts() -> list[Check]:
     ]
 
 
-async def _checks(options: Any, dest: str | None) -> list[Check]:
+async def _checks(options: Any, dest: str | None, manifest: Any = None) -> list[Check]:
     from i2v.doctor_api import api_checks
+    from i2v.doctor_models import model_checks
 
     handle = None
     if options.api.simulator:
@@ -100,6 +107,8 @@ async def _checks(options: Any, dest: str | None) -> list[Check]:
             checks = await api_checks(
                 client, client if key else None, key_source=source, options=options
             )
+            if checks[0].ok:
+                checks += await model_checks(client, options, manifest)
     finally:
         if handle is not None:
             await asyncio.to_thread(handle.stop)

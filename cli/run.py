@@ -19,7 +19,8 @@ from cli.logs import cli_log, hide_user_errors_from_prefect_console, quiet_prefe
 from cli.options import ConfigFile
 from cli.process_exit import exit_fast
 from cli.summary import print_summary
-from i2v.config import load_options
+from i2v.bakeoff import parse_models
+from i2v.config import IMAGE_MODELS, load_options
 from i2v.errors import ConfigError, DestUnreachable, I2VError, ManifestError, StorageError
 
 # "\b" keeps click from rewrapping the example lines.
@@ -79,6 +80,23 @@ def run(
             help="Pay again for inputs whose answer was lost (may pay twice).",
         ),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="M",
+            help="The model of rows with an empty model cell: any image-to-video model of "
+            "`i2v models`.",
+        ),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            metavar="A,B,C",
+            help="Bake-off: every row through each model (ids <id>--<model>, one table).",
+        ),
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", help="Approve a run over approve_over_usd without asking.")
     ] = False,
@@ -98,6 +116,8 @@ def run(
             budget_usd=budget_usd,
             dry_run=dry_run or None,
             resubmit_ambiguous=resubmit_ambiguous or None,
+            models=parse_models(models) if models else None,
+            **model_choice(model),
         )
     except ConfigError as exc:
         raise typer.Exit(usage_error(exc)) from None
@@ -111,11 +131,21 @@ def run(
             "--timeout": timeout,
             "--budget-usd": budget_usd,
             "--resubmit-ambiguous": resubmit_ambiguous,
+            "--model": model,
+            "--models": models,
         },
     )
     code = _run_flow(source, dest, options, verbose=verbose, command=command, yes=yes)
     exit_fast()
     raise typer.Exit(code)
+
+
+def model_choice(model: str | None) -> dict[str, str]:
+    """`--model M`: a hand-table model is the config's model; any other the catalog's."""
+    if not model or not model.strip():
+        return {}
+    name = model.strip()
+    return {"model": name} if name in IMAGE_MODELS else {"catalog_model": name}
 
 
 def _command_line(source: str, dest: str, config: Path | None, flags: dict[str, Any]) -> list[str]:

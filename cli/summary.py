@@ -22,6 +22,8 @@ def print_summary(summary: Any, dest: str) -> None:
             f"{summary.rows} rows, {summary.inputs} distinct inputs; estimated cost "
             f"${summary.estimated_usd:.2f}. Nothing was submitted."
         )
+        for line in getattr(summary, "by_model", []):
+            out.print(f"  {line}")
         return
     out.print(
         f"run {summary.run_id}: spent ${summary.spent_usd:.2f}"

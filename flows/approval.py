@@ -17,6 +17,7 @@ from i2v.account import balance_preflight
 from i2v.client import AtlasClient
 from i2v.config import BatchOptions
 from i2v.estimate import Estimate, describe, estimate
+from i2v.row_plans import job_price
 from i2v.run import RunAborted, RunControl
 from i2v.state import Action
 
@@ -118,7 +119,7 @@ async def approve_parent(
     shares: dict[int, float] = {}
     for job in jobs:
         if job.outcome is None and job.action is Action.SUBMIT:
-            price = options.price(job.duration)
+            price = job_price(options, job)
             shares[job.primary.row.line] = price * scale
     log.info("approved: budget $%.2f over the shards", budget)
     return shard_options, shares

@@ -43,6 +43,7 @@ from i2v.run import Job, RowStatus, RunAborted, RunContext, RunControl, StopReas
 from i2v.sheet import SheetFrames
 from i2v.state import Action, InputRecord, StateStore
 from tasks.artifacts import ProgressReporter, kept_message, publish_contact_sheet, publish_kept
+from tasks.comparison import publish_comparison
 from tasks.generate import GenerateItem, generate
 from tasks.land import LandItem, land
 from tasks.poll import PollItem, poll
@@ -335,6 +336,7 @@ async def publish_run(
         dest=ctx.dest,
         extra_columns=opened.manifest.extra_columns,
         extra_types=opened.manifest.extra_types,
+        catalog_model=ctx.options.catalog_model,
     )
     summary = RunSummary(
         run_id=ctx.run_id,
@@ -362,12 +364,15 @@ async def publish_run(
         if not publish:  # a fan-out parent makes one sheet for all its shards
             return ""
         landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]
+        hours = ctx.options.link_hours
         return await publish_contact_sheet(
             ctx.dest,
             [f"videos/{i}.mp4" for i in landed],
             ctx.run_id,
-            link_hours=ctx.options.link_hours,
+            link_hours=hours,
             frames=ctx.frames,
+        ) + await publish_comparison(
+            ctx.dest, frame, ctx.options.models, ctx.run_id, link_hours=hours
         )
 
     # Independent: the sheet's PNG is encoded in a thread while the table is written.

@@ -11,10 +11,11 @@ from typing import Any
 
 from prefect.logging import get_run_logger
 
+from i2v.catalog import Catalog
 from i2v.client import AtlasClient
 from i2v.concurrency import AdaptiveLimiter
 from i2v.config import BatchOptions
-from i2v.errors import ConfigError
+from i2v.errors import AtlasError, ConfigError
 from i2v.session import Timeouts
 
 SIMULATOR_KEY = "simulator-local-key"
@@ -95,3 +96,37 @@ async def atlas_client(
     finally:
         if handle is not None:
             await asyncio.to_thread(handle.stop)
+
+
+async def model_catalog(options: BatchOptions) -> tuple[Catalog | None, str | None]:
+    """The model catalog (`i2v.catalog`: cached, no key sent), or why it cannot be read."""
+    from i2v.catalog import default_cache_path, load_catalog
+    from i2v.retry import RetryPolicy
+
+    handle = None
+    base_url = options.api.base_url
+    if options.api.simulator:
+        from i2v.simulator.server import start_simulator
+
+        handle = await asyncio.to_thread(start_simulator, port=0, latency_s=0.0)
+        base_url = handle.url
+    try:
+        async with AtlasClient(
+            api_key="no-key-given",  # the listing and the schemas need none
+            base_url=base_url,
+            user_agent=options.api.user_agent,
+            retry=RetryPolicy(max_attempts=2, base_delay_s=0.25),
+            timeouts=Timeouts(connect_s=5.0, read_s=15.0),
+            max_connections=8,
+        ) as client:
+            # The in-process simulator listens on a new port each time: one cache for all.
+            where = "in-process-simulator" if handle is not None else client.base_url
+            catalog = await load_catalog(client, default_cache_path(where))
+    except (ConfigError, AtlasError) as exc:
+        return None, str(exc)
+    finally:
+        if handle is not None:
+            await asyncio.to_thread(handle.stop)
+    if catalog.from_cache:
+        get_run_logger().info("model catalog: the cached copy, %s old", catalog.age_text())
+    return catalog, None

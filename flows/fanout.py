@@ -105,6 +105,8 @@ async def _fanout(
     logger = get_run_logger()
     started = time.monotonic()
     await check_worker_settings(options)  # before any read; each shard checks on its worker
+    if options.models:  # shards split by manifest line, and a bake-off's pairs share lines
+        raise ConfigError("a bake-off (`models`) runs as one i2v-batch run, not a fan-out")
     opened = await open_run(source, dest, options)
     plans, storage, run_id = opened.plans, opened.dest, opened.run_id
     shards = plan_shards(plans, shard_size)

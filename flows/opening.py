@@ -14,13 +14,14 @@ from uuid import UUID, uuid4
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.clients import s3_client_for
+from flows.clients import model_catalog, s3_client_for
 from flows.task_runs import opaque, run_task_after
 from i2v.config import BatchOptions
 from i2v.dest import open_storage
-from i2v.lifecycle import dry_run_counts
+from i2v.dry_run import dry_run_counts, per_model_lines
 from i2v.manifest import Manifest
 from i2v.results import RunSummary
+from i2v.row_plans import needs_catalog
 from i2v.run import Job, RowPlan, RunContext
 from i2v.storage import Storage
 from tasks.rows import check_pictures, read_rows
@@ -71,6 +72,9 @@ async def open_run(
     if lines is not None:
         wanted = set(lines)
         manifest.rows = [r for r in manifest.rows if r.line in wanted]
+    catalog, catalog_error = None, None
+    if needs_catalog(manifest.rows, options):
+        catalog, catalog_error = await model_catalog(options)
     checked = await run_task_after(
         check_pictures,
         [read_id],
@@ -79,6 +83,8 @@ async def open_run(
         manifest=opaque(manifest),
         options=options,
         s3_client=opaque(s3),
+        catalog=opaque(catalog),
+        catalog_error=catalog_error,
     )
     plans = checked.plans
     inputs = len({p.identity for p in plans if p.identity and not p.error})
@@ -99,8 +105,11 @@ def dry_run_summary(
 ) -> RunSummary:
     """Counts and the cost estimate without calling the API or writing anything."""
     counts, estimate = dry_run_counts(ctx, opened.plans, jobs)
+    by_model = per_model_lines(ctx, opened.plans, jobs)
     with contextlib.suppress(Exception):
         ctx.log.info("dry run: %s; estimated cost $%.2f", counts, estimate)
+        for line in by_model:
+            ctx.log.info("dry run: %s", line)
     return RunSummary(
         run_id=ctx.run_id,
         source=source,
@@ -109,6 +118,7 @@ def dry_run_summary(
         inputs=len(jobs),
         counts=counts,
         estimated_usd=estimate,
+        by_model=by_model,
         dry_run=True,
         simulated=ctx.simulated,
     )

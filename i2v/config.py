@@ -103,6 +103,18 @@ class BatchOptions(BaseModel):
         title="Model",
         description="Atlas Cloud image-to-video model to run.",
     )
+    models: list[str] = Field(
+        [],
+        title="Bake-off models",
+        description="Run every row through each of these models (row ids become ID--MODEL, "
+        "one table, a comparison sheet); empty: one model per row.",
+    )
+    catalog_model: str = Field(
+        "",
+        title="Model from the catalog",
+        description="Any Atlas image-to-video model (see `i2v models`) for rows whose "
+        "`model` cell is empty, built from its published schema; empty: Model.",
+    )
     duration: Literal[6, 10] = Field(
         6, title="Duration (s)", description="Video length, for rows that leave it empty."
     )

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pydantic import BaseModel, Field
 
 from i2v.config import BatchOptions
+from i2v.row_plans import job_price
 from i2v.run import Job
 from i2v.state import Action
 
@@ -33,14 +34,14 @@ class Estimate(BaseModel):
 def estimate(
     options: BatchOptions, jobs: Iterable[Job], *, catalog_usd: float | None = None
 ) -> Estimate:
-    """The cost of every input this run would submit (one price rule: `BatchOptions.price`)."""
+    """The cost of every input this run would submit (one price rule: `job_price`)."""
     out = Estimate()
-    model = str(options.model)
     for job in jobs:
         out.rows += len(job.rows)
         if job.outcome is not None or job.action is not Action.SUBMIT:
             continue
-        price = options.price(job.duration, catalog_usd=catalog_usd)
+        model = job.row_model.model if job.row_model else str(options.model)
+        price = job_price(options, job, catalog_usd)
         out.new_inputs += 1
         out.new_rows += len(job.rows)
         out.usd = round(out.usd + price, 4)

@@ -76,7 +76,9 @@ def _unstage(tmp: Path, size: int) -> None:
 async def quality_check(ctx: RunContext, job: Job, path: Path) -> QcFacts | None:
     """Probe a landed video (`i2v.qc`). A flagged video still lands: it is paid for,
     and deleting or re-paying is a person's call. None when the probe itself failed."""
-    expected = job.duration if job.duration is not None else ctx.spec.default_duration
+    # The duration the row asked of its own model (else that model's default).
+    default = job.row_model.schema.default_duration() if job.row_model else None
+    expected = job.duration or default or (None if job.row_model else ctx.spec.default_duration)
     try:
         facts = await asyncio.to_thread(probe_video, path, expected_duration_s=expected)
     except Exception as exc:  # a report, never a reason to lose the landing

@@ -404,17 +404,3 @@ def rejected(plan: RowPlan) -> JobOutcome:
 def not_processed() -> JobOutcome:
     """The outcome of a row this run never got to (e.g. a shard that did not run)."""
     return outcome_of(None, error=NotSubmitted("not processed"))
-
-
-def dry_run_counts(
-    ctx: RunContext, plans: Sequence[RowPlan], jobs: Sequence[Job]
-) -> tuple[dict[str, int], float]:
-    """Rows by what a run would do next, and what the submissions would cost."""
-    counts: dict[str, int] = {"rejected": sum(1 for p in plans if p.error)}
-    estimate = 0.0
-    for job in jobs:
-        action = job.action
-        counts[str(action)] = counts.get(str(action), 0) + len(job.rows)
-        if action is Action.SUBMIT:
-            estimate += ctx.options.price(job.duration, catalog_usd=ctx.catalog_price_usd)
-    return counts, round(estimate, 4)

@@ -55,6 +55,10 @@ class ManifestRow:
     duration: int | None  # None when invalid or when the model takes no duration
     extras: dict[str, str] = field(default_factory=dict)  # other columns, manifest order
     error: str | None = None  # None when the row passed; else one specific message
+    # A row naming a model other than the config's: its duration is checked against that
+    # model's schema (`i2v.row_plans`), so the cell is kept as written.
+    duration_text: str = ""
+    end_image_location: str | None = None  # the `end_image` cell, resolved like `image`
 
 
 @dataclass
@@ -87,6 +91,7 @@ def read_manifest(
     allowed_schemes: tuple[str, ...] = ("https", "s3", "file"),
     private_hosts: Allowance | None = None,
     s3_client: Any | None = None,
+    catalog_model: str = "",
 ) -> Manifest:
     """Read a CSV, Parquet or JSON Lines manifest (local or s3://) or an s3:// prefix
     (of pictures, or of .parquet parts).
@@ -103,6 +108,7 @@ def read_manifest(
         allow_outside_base=allow_outside_base,
         allowed_schemes=tuple(s.lower() for s in allowed_schemes),
         private_hosts=worker_allowance() if private_hosts is None else private_hosts,
+        catalog_model=catalog_model.strip(),
     )
     _check_defaults(rules)
     text = str(source).strip()
@@ -362,13 +368,21 @@ def _rows(
         row_id = cell("id").strip() or None
         image = cell("image").strip()
         prompt = cell("prompt").strip() or rules.default_prompt
-        duration, duration_error = parse_duration(cell("duration"), rules)
+        own_model = (cell("model").strip() or rules.catalog_model) not in ("", rules.spec.name)
+        duration, duration_error = (
+            (None, None) if own_model else parse_duration(cell("duration"), rules)
+        )
         id_error = check_id(row_id, line, first_line_of)
         location, image_error = resolver.resolve(image) if image else (None, None)
         if not image and rules.spec.needs_image:
             image_error = "image is empty"
-        prompt_error = check_prompt(prompt, rules)
-        error = width_error or id_error or image_error or duration_error or prompt_error
+        end = cell("end_image").strip()
+        end_location, end_error = resolver.resolve(end) if end else (None, None)
+        end_error = end_error and f"end_image: {end_error}"
+        prompt_error = None if own_model else check_prompt(prompt, rules)
+        error = (
+            width_error or id_error or image_error or end_error or duration_error or prompt_error
+        )
         rows.append(
             ManifestRow(
                 line=line,
@@ -379,6 +393,8 @@ def _rows(
                 duration=duration,
                 extras={name: cell(name) for name in extra_columns},
                 error=error,
+                duration_text=cell("duration"),
+                end_image_location=None if error else end_location,
             )
         )
     if not rows:
@@ -397,4 +413,5 @@ def read_manifest_for(source: str, options: BatchOptions, s3_client: Any = None)
         default_duration=options.duration,
         allow_outside_base=options.allow_outside_base,
         s3_client=s3_client,
+        catalog_model=options.catalog_model,
     )

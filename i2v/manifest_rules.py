@@ -19,3 +19,4 @@ class Rules:
     allow_outside_base: bool
     allowed_schemes: tuple[str, ...]
     private_hosts: Allowance
+    catalog_model: str = ""  # the model of rows with an empty `model` cell, when not `spec`

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from i2v.lifecycle import not_processed, rejected
 from i2v.manifest_formats import typed_column
 from i2v.qc import is_flagged
+from i2v.row_plans import MODEL_COLUMN, model_inputs_of, model_of
 from i2v.run import Job, RowPlan, RowStatus
 from i2v.spend import money_note, tally
 from i2v.storage import Storage
@@ -44,6 +45,7 @@ COLUMNS: list[str] = [
     "refund_usd",
     "line",
     "input_identity",
+    "model_inputs",
     "video_duration_s",
     "video_width",
     "video_height",
@@ -73,6 +75,7 @@ def result_rows(
     dest: Storage,
     extra_columns: Sequence[str],
     extra_types: Mapping[str, str] | None = None,
+    catalog_model: str = "",
 ) -> pd.DataFrame:
     """Build the table from the checked rows and each job's outcome (`extra_types`: the
     manifest's typed columns, given back typed: `i2v.manifest_formats`).
@@ -81,7 +84,7 @@ def result_rows(
     and not 100,000 dicts on top of them at the end of the run.
     """
     by_identity = {job.identity: job for job in jobs}
-    carried = {c: carried_name(c) for c in extra_columns}
+    carried = {c: carried_name(c) for c in extra_columns if c != MODEL_COLUMN}
     columns = table_columns(extra_columns)
     data: dict[str, list[Any]] = {c: [] for c in columns}
     add = {c: data[c].append for c in columns}
@@ -101,8 +104,9 @@ def result_rows(
         add["id"](plan.row_id)
         add["image"](row.image)
         add["prompt"](row.prompt)
-        add["duration"](row.duration)
-        add["model"](model)
+        add["duration"](plan.row_model.duration if plan.row_model else row.duration)
+        add["model"](model_of(plan, model, catalog_model))
+        add["model_inputs"](model_inputs_of(plan, job.options if job else None))
         add["line"](row.line)
         add["input_identity"](plan.identity)
         add["status"](str(outcome.status))
@@ -138,7 +142,8 @@ def result_rows(
 
 def table_columns(extra_columns: Sequence[str]) -> list[str]:
     """The results table's columns: ours, then the manifest's own, in its order."""
-    return COLUMNS + [carried_name(c) for c in extra_columns]
+    # The manifest's `model` column is the row's model: the table's own `model`.
+    return COLUMNS + [carried_name(c) for c in extra_columns if c != MODEL_COLUMN]
 
 
 def carried_name(column: str) -> str:
@@ -166,6 +171,8 @@ class RunSummary(BaseModel):
     refunded_usd: float = 0.0  # failed at the provider, given back
     maybe_usd: float = 0.0  # ambiguous: a paid job may exist
     estimated_usd: float = 0.0
+    # The dry run's `model: rows, new inputs, dollars` lines (`i2v.dry_run`).
+    by_model: list[str] = Field(default_factory=list)
     submissions: int = 0
     uploads: int = 0
     polls: int = 0

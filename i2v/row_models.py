@@ -4,8 +4,8 @@ manifest columns named like the model's inputs converted to the schema's types, 
 `end_image` column to the model's end-frame field, required inputs present.
 
 A row the model cannot take raises InputError (the row is `rejected`, the run goes on).
-Rows of the hand-table models (`i2v.models`) with no extra inputs keep their old
-identity: `uses_schema_path` says which rows take this path.
+Rows of the config's hand-table model (`i2v.models`) without an end picture keep their
+old identity: `i2v.row_plans.takes_schema_path` says which rows take this path.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 from i2v.catalog import Catalog
 from i2v.errors import InputError
 from i2v.model_schema import ModelSchema, build_body, convert, read_schema
-from i2v.models import MODELS
 from i2v.state import input_identity
 
 END_IMAGE_COLUMN = "end_image"
@@ -84,13 +83,6 @@ def short_name(model: str) -> str:
 
 def bake_off_id(row_id: str, model: str) -> str:
     return f"{row_id}--{short_name(model)}"
-
-
-def uses_schema_path(model: str, config_model: str, extras: Mapping[str, str]) -> bool:
-    """True unless the row is the config's hand-table model with no extra inputs: those
-    keep the body and identity they always had (nothing paid before is paid again)."""
-    sent = {k for k, v in extras.items() if v.strip() and k not in _RESERVED - {END_IMAGE_COLUMN}}
-    return not (model == config_model and model in MODELS and not sent)
 
 
 def _duration(schema: ModelSchema, text: str | None) -> int | None:

@@ -7,10 +7,12 @@ Nothing here calls the API or pays: a bad row gets an error and never stops the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from i2v._constants import is_safe_id
+from i2v.catalog import Catalog
 from i2v.concurrency import parallel_map
 from i2v.config import BatchOptions
 from i2v.errors import InputError, StorageError
@@ -18,6 +20,7 @@ from i2v.locations import read_location
 from i2v.manifest import Manifest, ManifestRow
 from i2v.media import MAX_IMAGE_BYTES, ImageInfo, check_image
 from i2v.models import build_inputs, get_model
+from i2v.row_plans import plan_models
 from i2v.run import Job, RowPlan
 from i2v.state import input_identity
 
@@ -28,8 +31,11 @@ async def check_rows(
     *,
     s3_client: Any | None = None,
     workers: int = 16,
+    catalog: Catalog | None = None,
+    catalog_error: str | None = None,
 ) -> list[RowPlan]:
-    """Read and check every row's picture; give each row its id and input identity.
+    """Read and check every row's picture (and end picture); give each row its model
+    plan (`i2v.row_plans`), its id and its input identity.
 
     Only digests are kept, never the picture bytes, so memory stays flat for big
     manifests.
@@ -37,8 +43,9 @@ async def check_rows(
     spec = get_model(str(options.model))
     model_options = model_options_of(options)
     plans = [RowPlan(row=row, error=row.error) for row in manifest.rows]
+    plan_models(plans, options, catalog, catalog_error)
     for plan in plans:
-        if plan.error is None:
+        if plan.error is None and plan.row_model is None:
             try:
                 build_inputs(
                     spec,
@@ -55,6 +62,10 @@ async def check_rows(
     for plan in plans:
         if plan.error is None and plan.row.image_location is not None:
             first.setdefault(plan.row.image_location, plan.row)
+        end = plan.row.end_image_location
+        if plan.error is None and plan.row_model is not None and end is not None:
+            shown = plan.row.extras.get("end_image", "")
+            first.setdefault(end, dataclasses.replace(plan.row, image=shown, image_location=end))
     infos = await asyncio.to_thread(_check_all, list(first.values()), s3_client, workers)
     checked = dict(zip(first, infos, strict=True))
     for plan in plans:
@@ -66,6 +77,16 @@ async def check_rows(
             plan.error = info
             continue
         plan.picture = info
+        if plan.row_model is not None:
+            end_info = checked.get(plan.row.end_image_location or "")
+            if isinstance(end_info, str):
+                plan.error = f"end_image: {end_info}"
+                continue
+            plan.end_picture = end_info
+            plan.identity = plan.row_model.identity(
+                info.sha256, end_info.sha256 if end_info else None, plan.row.prompt
+            )
+            continue
         plan.identity = input_identity(
             picture_sha256=info.sha256,
             prompt=plan.row.prompt,
@@ -140,14 +161,18 @@ def group_jobs(plans: Sequence[RowPlan], options: BatchOptions) -> list[Job]:
         job = jobs.get(plan.identity)
         if job is None:
             assert plan.row.image_location is not None
+            row_model = plan.row_model
             jobs[plan.identity] = Job(
                 identity=plan.identity,
                 rows=[plan],
                 image_location=plan.row.image_location,
                 picture=plan.picture,
                 prompt=plan.row.prompt,
-                duration=plan.row.duration,
-                options=model_options,
+                duration=row_model.duration if row_model else plan.row.duration,
+                options=model_options if row_model is None else {},
+                row_model=row_model,
+                end_location=plan.row.end_image_location if plan.end_picture else None,
+                end_picture=plan.end_picture,
             )
         else:
             job.rows.append(plan)

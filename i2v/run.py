@@ -29,6 +29,7 @@ from i2v.media import ImageInfo
 from i2v.models import get_model
 from i2v.outage import DestWatch, Kept
 from i2v.polling import DurationEstimator, PollSchedule
+from i2v.row_models import RowModel
 from i2v.sheet import SheetFrames
 from i2v.spend import Billing, billing_of
 from i2v.state import Action, InputRecord, Phase, StateStore
@@ -79,6 +80,9 @@ class RowPlan:
     identity: str | None = None
     picture: ImageInfo | None = None
     error: str | None = None
+    # The row's model from its published schema (None: the config's hand-table model).
+    row_model: RowModel | None = None
+    end_picture: ImageInfo | None = None  # the checked `end_image`, when the row has one
 
     @property
     def video_key(self) -> str:
@@ -163,6 +167,9 @@ class Job:
     duration: int | None
     options: dict[str, Any]
     record: InputRecord | None = None
+    row_model: RowModel | None = None  # see RowPlan
+    end_location: str | None = None
+    end_picture: ImageInfo | None = None
     action: Action = Action.SUBMIT  # what `i2v.lifecycle.triage` decided from the record
     outcome: JobOutcome | None = None
 

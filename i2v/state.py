@@ -127,6 +127,8 @@ class InputRecord(BaseModel):
     video_fps: float | None = None
     qc: str | None = None
     cost_usd: float | None = None
+    # The published schema's version the input was sent with (None: a hand-table model).
+    schema_version: str | None = None
     # Who claimed the input for its submission: a run on this host whose process is gone
     # holds no live claim, whatever the clock says.
     owner_run: str | None = None

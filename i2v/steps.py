@@ -39,10 +39,10 @@ from i2v.errors import (
     StorageUnavailable,
 )
 from i2v.locations import presign_location, read_location
-from i2v.media import MAX_IMAGE_BYTES
-from i2v.models import build_inputs
+from i2v.media import MAX_IMAGE_BYTES, ImageInfo
 from i2v.netguard import provider_fetches
 from i2v.private_hosts import worker_allowance
+from i2v.row_plans import job_price, request_of
 from i2v.run import Job, NotSubmitted, Rejected, RunAborted, RunContext, StopReason
 from i2v.state import HOST, NO_OUTPUT, PURGED, InputRecord, Phase, age_s, utcnow
 
@@ -54,9 +54,22 @@ async def upload(ctx: RunContext, job: Job) -> str:
 
     A picture URL goes as given only when the provider can fetch it too: https on a
     host the worker's allowance does not cover (`i2v.netguard.provider_fetches`);
-    pictures from allowed internal hosts go up as bytes, like local files.
+    pictures from allowed internal hosts go up as bytes, like local files. A row's end
+    picture goes up here too (`end_url` then finds it done).
     """
-    location = job.image_location
+    url = await _picture_url(ctx, job.image_location, job.picture, job.primary.row.image)
+    await end_url(ctx, job)
+    return url
+
+
+async def end_url(ctx: RunContext, job: Job) -> str | None:
+    """The end picture's URL (uploaded once per run, like every picture), if any."""
+    if job.end_location is None or job.end_picture is None:
+        return None
+    return await _picture_url(ctx, job.end_location, job.end_picture, "end_image")
+
+
+async def _picture_url(ctx: RunContext, location: str, picture: ImageInfo, shown: str) -> str:
     if location.startswith(("https://", "http://")) and await asyncio.to_thread(
         provider_fetches, location, worker_allowance()
     ):
@@ -65,32 +78,31 @@ async def upload(ctx: RunContext, job: Job) -> str:
         return await asyncio.to_thread(presign_location, location, s3_client=ctx.s3_client)
     # Rows with different prompts often share a picture: upload each picture once per
     # run, and let concurrent jobs wait for the same upload.
-    pending = ctx.uploads.get(job.picture.sha256)
+    pending = ctx.uploads.get(picture.sha256)
     if pending is None:
-        pending = asyncio.ensure_future(_upload_once(ctx, job))
-        ctx.uploads[job.picture.sha256] = pending
+        pending = asyncio.ensure_future(_upload_once(ctx, location, picture, shown))
+        ctx.uploads[picture.sha256] = pending
     try:
         return await asyncio.shield(pending)
     except BaseException:
-        if pending.done() and ctx.uploads.get(job.picture.sha256) is pending:
-            del ctx.uploads[job.picture.sha256]  # a failed upload may be retried
+        if pending.done() and ctx.uploads.get(picture.sha256) is pending:
+            del ctx.uploads[picture.sha256]  # a failed upload may be retried
         raise
 
 
-async def _upload_once(ctx: RunContext, job: Job) -> str:
-    location = job.image_location
+async def _upload_once(ctx: RunContext, location: str, picture: ImageInfo, shown: str) -> str:
     async with ctx.upload_gate:
         data = await asyncio.to_thread(
             read_location, location, s3_client=ctx.s3_client, max_bytes=MAX_IMAGE_BYTES
         )
         # The bytes were decoded and checked when the rows were read; a matching digest
         # proves these are the same checked bytes, and never uploads anything else.
-        if hashlib.sha256(data).hexdigest() != job.picture.sha256:
-            raise InputError(f"{job.primary.row.image} changed while the run was going on")
+        if hashlib.sha256(data).hexdigest() != picture.sha256:
+            raise InputError(f"{shown} changed while the run was going on")
         web = location.startswith(("https://", "http://"))
         name = Path(urlsplit(location).path if web else location).name
         uploaded = await ctx.client.upload_media(
-            data, filename=name or "picture", content_type=job.picture.content_type
+            data, filename=name or "picture", content_type=picture.content_type
         )
         ctx.stats.uploads += 1
         return uploaded.download_url
@@ -110,19 +122,17 @@ async def generate(
     """
     if ctx.stop_reason is not None:
         raise NotSubmitted(ctx.stop_message or "submissions stopped")
-    cost = ctx.options.price(job.duration, catalog_usd=ctx.catalog_price_usd)
+    cost = job_price(ctx.options, job, ctx.catalog_price_usd)
+    model, inputs = request_of(ctx, job, image_url, await end_url(ctx, job))
     if not ctx.budget.reserve(cost):
         raise NotSubmitted(
             f"not submitted: the budget of ${ctx.options.budget_usd:.2f} would be exceeded "
             f"(spent ${ctx.budget.spent_usd:.2f}, next video ${cost:.2f}); raise --budget-usd "
             "and rerun"
         )
-    inputs = build_inputs(
-        ctx.spec, image=image_url, prompt=job.prompt, duration=job.duration, options=job.options
-    )
     base = record or InputRecord(
         identity=job.identity,
-        model=ctx.model,
+        model=model,
         picture_sha256=job.picture.sha256,
         prompt=job.prompt,
         duration=job.duration,
@@ -132,6 +142,7 @@ async def generate(
         Phase.SUBMITTING,
         ctx.run_id,
         attempts=base.attempts + 1,
+        schema_version=job.row_model.schema_version if job.row_model else None,
         submit_started_at=utcnow(),
         owner_run=ctx.run_id,
         owner_host=HOST,
@@ -161,7 +172,7 @@ async def generate(
         ctx.log.info("%s: another run holds this input (%s); following it", job.name, other.phase)
         return other
     try:
-        prediction = await ctx.client.generate_video(ctx.model, inputs)
+        prediction = await ctx.client.generate_video(model, inputs)
     except AmbiguousSubmissionError as exc:
         ctx.budget.commit(cost)  # a paid job may exist
         lost = intent.moved(
@@ -182,7 +193,9 @@ async def generate(
         raise RunAborted(ctx.stop_message or str(exc)) from None
     except ModelNotFoundError as exc:
         await _withdraw(ctx, intent, record, cost)
-        ctx.stop(StopReason.MODEL, f"model {ctx.model!r} is unknown to Atlas Cloud ({exc})")
+        if job.row_model is not None:  # the row's own model: the row's problem alone
+            raise Rejected(f"model {model!r} is unknown to Atlas Cloud ({exc})") from None
+        ctx.stop(StopReason.MODEL, f"model {model!r} is unknown to Atlas Cloud ({exc})")
         raise RunAborted(ctx.stop_message or str(exc)) from None
     except (BadRequestError, RateLimitedError) as exc:
         await _withdraw(ctx, intent, record, cost)

@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from i2v.config import BatchOptions
 from i2v.errors import StorageError
-from i2v.manifest import Manifest, read_manifest_for
+from i2v.manifest import Manifest
+from i2v.row_plans import read_rows_for
 from i2v.rows import check_rows
 from i2v.run import RowPlan
 from tasks._retry import retry_on
@@ -28,7 +29,7 @@ def read_rows(source: str, options: BatchOptions, s3_client: Any = None) -> Mani
 
     A manifest that cannot be used raises ManifestError before anything is paid.
     """
-    return read_manifest_for(source, options, s3_client)
+    return read_rows_for(source, options, s3_client)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,15 @@ class CheckedRows:
 
 @task(name="check-pictures", cache_policy=NO_CACHE)
 async def check_pictures(
-    manifest: Manifest, options: BatchOptions, s3_client: Any = None
+    manifest: Manifest,
+    options: BatchOptions,
+    s3_client: Any = None,
+    catalog: Any = None,
+    catalog_error: str | None = None,
 ) -> CheckedRows:
-    """Decode and check every picture (format, size, aspect) and hash each input."""
-    return CheckedRows(await check_rows(manifest, options, s3_client=s3_client))
+    """Check each row's model (`catalog`: the rows naming a model need it), decode and
+    check every picture (format, size, aspect) and hash each input."""
+    plans = await check_rows(
+        manifest, options, s3_client=s3_client, catalog=catalog, catalog_error=catalog_error
+    )
+    return CheckedRows(plans)

@@ -17,7 +17,6 @@ from i2v.row_models import (
     model_price,
     plan_row_model,
     short_name,
-    uses_schema_path,
 )
 from i2v.simulator.catalog import input_schema_document, listing_entry
 from i2v.simulator.config import SimulatorConfig
@@ -130,10 +129,19 @@ def test_what_is_sent_typed_priced_and_in_the_identity() -> None:
 
 
 def test_default_path_keeps_its_identity() -> None:
-    # A default-model row without extra inputs takes the hand-table path: identity as before.
-    assert not uses_schema_path(DEFAULT_MODEL, DEFAULT_MODEL, {"notes": ""})
-    assert uses_schema_path(KLING, DEFAULT_MODEL, {})
-    assert uses_schema_path(DEFAULT_MODEL, DEFAULT_MODEL, {"end_image": "e.png"})
+    # A row of the config's hand-table model without an end picture takes the hand-table
+    # path, whatever other columns it has: identity as before.
+    from i2v.manifest import ManifestRow
+    from i2v.row_plans import takes_schema_path
+
+    def row(**extras: str) -> ManifestRow:
+        return ManifestRow(2, "a", "a.png", "/a.png", "p", 6, extras=extras)
+
+    assert not takes_schema_path(row(notes="x", cfg_scale="0.5"), DEFAULT_MODEL)
+    assert not takes_schema_path(row(model=DEFAULT_MODEL), DEFAULT_MODEL)
+    assert takes_schema_path(row(model=KLING), DEFAULT_MODEL)
+    assert takes_schema_path(row(), DEFAULT_MODEL, catalog_model=KLING)
+    assert takes_schema_path(row(end_image="e.png"), DEFAULT_MODEL)
     old = input_identity(
         picture_sha256="s",
         prompt="p",

@@ -1,0 +1,73 @@
+"""The bake-off's comparison sheet (`i2v.bakeoff`): rows x models, one frame of each
+video with its price and QC verdict, saved to DEST/runs/<run-id>/ and linked as an
+artifact of the run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from i2v.bakeoff import Cell, comparison_sheet, save_comparison
+from i2v.row_models import bake_off_id
+from i2v.sheet import embedded_png
+from i2v.storage import Storage
+from tasks.artifacts import link_or_path, web_link
+
+log = logging.getLogger("i2v.comparison")
+COMPARISON_KEY = "comparison-sheet"
+
+
+def cells_of(frame: Any, models: Sequence[str]) -> tuple[list[str], dict[tuple[str, str], Cell]]:
+    """The bake-off's row ids (manifest order) and each (row, model) cell of the table."""
+    by_id = {str(r["id"]): r for r in frame.to_dict("records")}
+    bases: list[str] = []
+    cells: dict[tuple[str, str], Cell] = {}
+    for row_id in by_id:
+        base = row_id.rpartition("--")[0]
+        for model in models:
+            row = by_id.get(bake_off_id(base, model)) if base else None
+            if row is None:
+                continue
+            if base not in bases:
+                bases.append(base)
+            landed = row["status"] == "landed"
+            cost = row.get("cost_usd")
+            cells[(base, model)] = Cell(
+                video_key=f"videos/{row['id']}.mp4" if landed else None,
+                price_usd=float(cost) if landed and cost == cost and cost is not None else None,
+                verdict=str(row.get("qc") or "ok") if landed else str(row["status"]),
+            )
+    return bases, cells
+
+
+async def publish_comparison(
+    storage: Storage, frame: Any, models: Sequence[str], run_id: str, *, link_hours: float
+) -> str:
+    """Save the sheet and link it; markdown for the run's summary ("" when none)."""
+    from prefect.artifacts import acreate_link_artifact
+
+    if not models:
+        return ""
+    try:
+        bases, cells = cells_of(frame, models)
+        sheet = await asyncio.to_thread(comparison_sheet, storage, bases, models, cells)
+        if sheet is None:
+            return ""
+        key = await asyncio.to_thread(save_comparison, storage, sheet, run_id)
+        url = await asyncio.to_thread(web_link, storage, key, link_hours)
+        image = url or await asyncio.to_thread(embedded_png, sheet)
+    except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
+        log.warning("comparison sheet not written: %s", exc)
+        return ""
+    where = storage.key_uri(key)
+    with contextlib.suppress(Exception):
+        await acreate_link_artifact(
+            link=url or link_or_path(storage, key),
+            link_text=f"comparison sheet of run {run_id}" + ("" if url else f": {where}"),
+            key=COMPARISON_KEY,
+            description=f"Rows x models, with price and QC verdict: {where}",
+        )
+    return f"## Comparison sheet\n\n![comparison sheet of run {run_id}]({image})\n\n`{where}`\n"
