@@ -86,8 +86,8 @@ class LeasedCap:
 
     One slot per row per server round trip (and a retry wait whenever the limit is
     full) made a capped run ten times slower. Here a run leases blocks of slots as its
-    rows need them (one request for as many as are waiting, down to one while the
-    limit is nearly full), hands them from row to row locally, renews the leases while
+    rows need them (one request for as many as are waiting, up to BLOCK_MAX, down to
+    one while the limit is nearly full), hands them from row to row locally, renews the leases while
     it holds them, and gives a block back once none of its slots was needed for
     `LINGER_S` (so the tail frees the cap for other runs). The server counts every
     slot: all runs together never exceed the limit.
@@ -97,6 +97,10 @@ class LeasedCap:
     RENEW_EVERY_S = 20.0
     LINGER_S = 0.5
     BUSY_RETRY_S = 0.1
+    # A block is given back only once all its slots are idle: with one block of the
+    # whole limit, a run's last rows held every slot until the last of them landed, and
+    # the next run (a fan-out's next shard) waited for all of them.
+    BLOCK_MAX = 10
 
     def __init__(self, name: str, *, want: int) -> None:
         self.name = name
@@ -155,7 +159,7 @@ class LeasedCap:
         # All or nothing on the server: halve what is asked until it fits, so runs
         # sharing a nearly full limit still grow by what is free (one slot per retry
         # wait starved a fan-out's shards).
-        slots = min(self._waiters, self.want - self.held)
+        slots = min(self._waiters, self.want - self.held, self.BLOCK_MAX)
         lease, full = await self._lease(client, slots, wait_if_full=slots == 1)
         while lease is None and full and slots > 1:
             slots //= 2

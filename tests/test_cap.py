@@ -100,6 +100,43 @@ def test_a_run_leases_as_many_slots_as_rows_wait_and_never_more(tmp_path: Path) 
     assert asyncio.run(_active_slots(name)) == 0
 
 
+def test_a_runs_tail_gives_its_idle_blocks_back_before_its_last_row_lands(
+    tmp_path: Path,
+) -> None:
+    """Slots are leased in blocks of at most BLOCK_MAX: once a block's rows are done and
+    no row waits, the block goes back while the run's slow rows still hold theirs, so
+    the next run (a fan-out's next shard) need not wait for the slowest row."""
+    from prefect import flow
+
+    from flows.provider_cap import LeasedCap
+
+    name = f"cap-{tmp_path.name[-12:]}".lower().replace("_", "-") + "-t"
+    asyncio.run(_limit(name, 20))
+    seen_mid_tail: list[int] = []
+
+    @flow
+    async def rows() -> LeasedCap:
+        cap = LeasedCap(name, want=20)
+        assert cap.BLOCK_MAX == 10
+
+        async def row(slow: bool) -> None:
+            async with cap.slot():
+                await asyncio.sleep(5.0 if slow else 0.2)
+
+        async def look() -> None:
+            await asyncio.sleep(3.0)  # the quick rows are done, the slow ones are not
+            seen_mid_tail.append(await _active_slots(name))
+
+        await asyncio.gather(*(row(slow=i >= 10) for i in range(20)), look())
+        await cap.aclose()
+        return cap
+
+    cap = asyncio.run(rows())
+    assert cap.peak_held == 20 and cap.acquired == 2
+    assert seen_mid_tail == [10], f"held {seen_mid_tail} slots while 10 rows ran"
+    assert asyncio.run(_active_slots(name)) == 0
+
+
 class _BusyFirst:
     """A real HTTP hop in front of the Prefect API that answers the first `busy`
     increment-with-lease requests 503, as a long-lived server on SQLite does while a
