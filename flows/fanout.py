@@ -260,15 +260,13 @@ async def _run_shards(
     numbered = dict(enumerate(shards, 1))
     own = numbered.pop(1) if in_parent else None
     started: set[int] = set()
-    launched = asyncio.Event()
     here = (
-        asyncio.create_task(_parent_work(launcher, own, numbered, started, launched))
+        asyncio.create_task(_parent_work(launcher, own, numbered, started))
         if own is not None
         else None
     )
     try:
         runs = await launcher.launch(numbered) if numbered else {}
-        launched.set()
         finished = await watch(launcher, numbered, runs, reporter, started) if runs else {}
     except BaseException:
         if here is not None:  # the shard here winds down with its bookkeeping done
@@ -289,12 +287,11 @@ async def _parent_work(
     own: list[int],
     others: dict[int, list[int]],
     started: set[int],
-    launched: asyncio.Event,
 ) -> tuple[FlowRun, list[FlowRun]]:
     """Shard 1, and beside it the rows of shards still waiting for a worker: the
     global limit shares the provider's slots between them."""
     mine, helped = await asyncio.gather(
-        _shard_here(launcher, own), help_waiting(launcher, others, started, launched)
+        _shard_here(launcher, own), help_waiting(launcher, others, started)
     )
     return mine, helped
 

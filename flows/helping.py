@@ -37,16 +37,15 @@ async def help_waiting(
     launcher: ShardLauncher,
     shards: dict[int, list[int]],
     started: set[int],
-    launched: asyncio.Event,
 ) -> list[FlowRun]:
     """Run the rows of each shard still waiting for a worker here, last shard first,
     each until its own run starts. `started`: the shards whose runs the watch has seen
-    start. Returns the flow runs this made."""
+    start. Begins at once, beside shard 1 and while the shards are being created (no
+    shard starts within seconds of its creation). Returns the flow runs this made."""
     if not launcher.options.global_concurrency_limit:
         # Only the global limit caps the parent's runs and the shards together: without
         # one, helping would put more in flight than `concurrency` per shard promises.
         return []
-    await launched.wait()
     done: list[FlowRun] = []
     tried: set[int] = set()
     while True:
