@@ -33,12 +33,49 @@ async def _catalog(options: Any, refresh: bool) -> Any:
             await asyncio.to_thread(handle.stop)
 
 
+async def _offer(deployment: str, names: list[str]) -> int:
+    """The deployment's form offers `names` (`i2v.form_models`); fields changed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from i2v.errors import ConfigError
+    from i2v.form_models import offer_models
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError(
+            "--form needs the server the deployments are on: set PREFECT_API_URL "
+            "(or `prefect config set PREFECT_API_URL=...`)"
+        )
+    async with get_client() as client:
+        try:
+            found = await client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise ConfigError(f"deployment {deployment!r} not found on the server") from None
+        schema, changed = offer_models(found.parameter_openapi_schema or {}, names)
+        if changed:
+            await client.update_deployment(
+                found.id, DeploymentUpdate(parameter_openapi_schema=schema)
+            )
+    return changed
+
+
 def models(
     config: ConfigFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Read the catalog again, not the cached copy.")
     ] = False,
+    form: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--form",
+            metavar="FLOW/DEPLOYMENT",
+            help="Offer these models in the deployment's form (PREFECT_API_URL's server; "
+            "repeatable; run after each `prefect deploy`).",
+        ),
+    ] = None,
 ) -> None:
     """List the catalog's image-to-video models: price, durations and inputs."""
     from i2v.config import load_options
@@ -49,6 +86,17 @@ def models(
         catalog = run_async(_catalog(options, refresh))
     except ConfigError as exc:
         raise typer.Exit(usage_error(exc)) from None
+    if form:
+        names = [m.name for m in catalog.i2v()]
+        try:
+            for deployment in form:
+                changed = run_async(_offer(deployment, names))
+                err.print(
+                    f"{deployment}: {changed} form fields offer {len(names)} models",
+                    highlight=False,
+                )
+        except ConfigError as exc:
+            raise typer.Exit(usage_error(exc)) from None
     rows = [
         {
             "model": m.name,

@@ -510,6 +510,54 @@ def test_parquet_and_jsonl_manifests_local_and_on_s3_through_deployment_runs(
         assert f"prefect.flow-run.{run.id}" in related
 
 
+@pytest.mark.server
+def test_the_forms_offer_the_catalogs_models_and_take_any_other_name(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """`i2v models --form` after a deploy: the batch and fan-out forms list the
+    catalog's image-to-video models for `catalog_model` and the bake-off's `models`,
+    and a name the catalog does not list is still a valid parameter."""
+    import subprocess
+
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    deployments = ("i2v-batch/batch", "i2v-fanout/fanout")
+    env = {
+        **stack.env,
+        "ATLASCLOUD_BASE_URL": stack.sim.url,
+        "I2V_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    args = [str(REPO / ".venv/bin/i2v"), "models"]
+    for name in deployments:
+        args += ["--form", name]
+    done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "i2v-batch/batch: 2 form fields offer" in done.stderr, done.stderr
+    with client_for(stack.url) as client:
+        for name in deployments:
+            schema = client.read_deployment_by_name(name).parameter_openapi_schema
+            props = schema["definitions"]["BatchOptions"]["properties"]
+            offered = props["catalog_model"]["anyOf"][0]["enum"]
+            assert "kwaivgi/kling-v3.0-std/image-to-video" in offered, offered
+            assert "" in offered and not any("text-to-image" in m for m in offered)
+            assert props["models"]["items"]["anyOf"][0]["enum"] == offered[1:]
+            for model in ("kwaivgi/kling-v3.0-std/image-to-video", "some-lab/new/image-to-video"):
+                options = {"catalog_model": model, "models": [model]}
+                validate(
+                    {"source": "s3://b/m.csv", "dest": "s3://b/out", "options": options},
+                    schema,
+                    raise_on_error=True,
+                    ignore_required=True,
+                )
+            with pytest.raises(ValidationError):
+                validate(
+                    {"options": {"catalog_model": 7}},
+                    schema,
+                    raise_on_error=True,
+                    ignore_required=True,
+                )
+
+
 # ------------------------------------------------------- shard planning and merging
 
 
