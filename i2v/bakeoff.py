@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from i2v.concurrency import parallel_map
 from i2v.row_models import bake_off_id, short_name
-from i2v.sheet import THUMB_WIDTH, _grid, _tile, save_sheet, sheet_key
+from i2v.sheet import THUMB_WIDTH, _grid, _tile, sheet_key
 from i2v.storage import Storage
 
 if TYPE_CHECKING:
@@ -85,8 +85,3 @@ def comparison_sheet(
 
 def comparison_key(run_id: str) -> str:
     return sheet_key(run_id, COMPARISON_SHEET_NAME)
-
-
-def save_comparison(storage: Storage, sheet: PILImage.Image, run_id: str) -> str:
-    """Write the sheet to DEST/runs/<run-id>/comparison_sheet.png; returns its key."""
-    return save_sheet(storage, sheet, run_id, name=COMPARISON_SHEET_NAME)

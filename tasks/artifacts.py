@@ -38,6 +38,8 @@ from i2v.sheet import (
 from i2v.storage import Storage
 
 if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
     from i2v.run import Job, JobOutcome, RunContext
 
 log = logging.getLogger("i2v.artifacts")
@@ -202,6 +204,47 @@ def link_or_path(storage: Storage, key: str, hours: float = 24.0) -> str:
     return Path(where).as_uri() if isinstance(storage, LocalStorage) else where
 
 
+async def publish_sheet(
+    storage: Storage,
+    sheet: PILImage.Image,
+    run_id: str,
+    *,
+    name: str,
+    title: str,
+    key: str,
+    description: str,
+    link_hours: float = 24.0,
+) -> str:
+    """Save `sheet` to DEST/runs/<run-id>/<name>, add a link artifact `key` to it, and
+    return the run summary's markdown section `title`.
+
+    The summary shows the sheet as a plain markdown image: its presigned URL on S3, or
+    a small embedded PNG (`embedded_png`) for a folder DEST; the full-size file follows
+    as a link (S3) or its path (folder). Raises when the sheet cannot be saved.
+    """
+    from prefect.artifacts import acreate_link_artifact
+
+    where_key = sheet_key(run_id, name)
+    url = await asyncio.to_thread(web_link, storage, where_key, link_hours)
+    saving = asyncio.to_thread(save_sheet, storage, sheet, run_id, name=name)
+    if url is None:  # the file and the summary's small copy at once, in two threads
+        _, image = await asyncio.gather(saving, asyncio.to_thread(embedded_png, sheet))
+    else:
+        await saving
+        image = url
+    where = storage.key_uri(where_key)
+    full = f"[{name}]({url}) (`{where}`)" if url else f"`{where}`"
+    label = f"{title.lower()} of run {run_id}"
+    with contextlib.suppress(Exception):
+        await acreate_link_artifact(
+            link=url or link_or_path(storage, where_key),
+            link_text=label + ("" if url else f": {where}"),
+            key=key,
+            description=f"{description}: {where}",
+        )
+    return f"## {title}\n\n![{label}]({image})\n\nFull size: {full}\n"
+
+
 async def publish_contact_sheet(
     storage: Storage,
     video_keys: Sequence[str],
@@ -211,41 +254,25 @@ async def publish_contact_sheet(
     frames: SheetFrames | None = None,
     **options: Any,
 ) -> str:
-    """Make the contact sheet (`i2v.sheet`; `frames` taken while landing), add a link
-    artifact to it, and return markdown to embed in the run summary ("" when there is
-    nothing to show or the sheet failed).
-
-    The summary shows the sheet as a plain markdown image: its presigned URL on S3, or
-    a small embedded PNG (`embedded_png`) for a folder DEST; the full-size file follows
-    as a link (S3) or its path (folder).
-    """
-    from prefect.artifacts import acreate_link_artifact
-
+    """Make the contact sheet (`i2v.sheet`; `frames` taken while landing) and publish it
+    (`publish_sheet`); "" when there is nothing to show or the sheet failed."""
     try:
         sheet = await asyncio.to_thread(sheet_image, storage, video_keys, frames=frames, **options)
         if sheet is None:
             return ""
-        key = sheet_key(run_id)
-        url = await asyncio.to_thread(web_link, storage, key, link_hours)
-        saving = asyncio.to_thread(save_sheet, storage, sheet, run_id)
-        if url is None:  # the file and the summary's small copy at once, in two threads
-            _, image = await asyncio.gather(saving, asyncio.to_thread(embedded_png, sheet))
-        else:
-            await saving
-            image = url
+        return await publish_sheet(
+            storage,
+            sheet,
+            run_id,
+            name=CONTACT_SHEET_NAME,
+            title="Contact sheet",
+            key=CONTACT_SHEET_KEY,
+            description="One frame of each landed video",
+            link_hours=link_hours,
+        )
     except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
         log.warning("contact sheet not written: %s", exc)
         return ""
-    where = storage.key_uri(key)
-    full = f"[{CONTACT_SHEET_NAME}]({url}) (`{where}`)" if url else f"`{where}`"
-    with contextlib.suppress(Exception):
-        await acreate_link_artifact(
-            link=url or link_or_path(storage, key),
-            link_text=f"contact sheet of run {run_id}" + ("" if url else f": {where}"),
-            key=CONTACT_SHEET_KEY,
-            description=f"One frame of each landed video: {where}",
-        )
-    return f"## Contact sheet\n\n![contact sheet of run {run_id}]({image})\n\nFull size: {full}\n"
 
 
 KEPT_KEY = "i2v-kept"

@@ -5,16 +5,14 @@ artifact of the run."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from i2v.bakeoff import Cell, comparison_sheet, save_comparison
+from i2v.bakeoff import COMPARISON_SHEET_NAME, Cell, comparison_sheet
 from i2v.row_models import bake_off_id
-from i2v.sheet import embedded_png
 from i2v.storage import Storage
-from tasks.artifacts import link_or_path, web_link
+from tasks.artifacts import publish_sheet
 
 log = logging.getLogger("i2v.comparison")
 COMPARISON_KEY = "comparison-sheet"
@@ -47,8 +45,6 @@ async def publish_comparison(
     storage: Storage, frame: Any, models: Sequence[str], run_id: str, *, link_hours: float
 ) -> str:
     """Save the sheet and link it; markdown for the run's summary ("" when none)."""
-    from prefect.artifacts import acreate_link_artifact
-
     if not models:
         return ""
     try:
@@ -56,18 +52,16 @@ async def publish_comparison(
         sheet = await asyncio.to_thread(comparison_sheet, storage, bases, models, cells)
         if sheet is None:
             return ""
-        key = await asyncio.to_thread(save_comparison, storage, sheet, run_id)
-        url = await asyncio.to_thread(web_link, storage, key, link_hours)
-        image = url or await asyncio.to_thread(embedded_png, sheet)
+        return await publish_sheet(
+            storage,
+            sheet,
+            run_id,
+            name=COMPARISON_SHEET_NAME,
+            title="Comparison sheet",
+            key=COMPARISON_KEY,
+            description="Rows x models, with price and QC verdict",
+            link_hours=link_hours,
+        )
     except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
         log.warning("comparison sheet not written: %s", exc)
         return ""
-    where = storage.key_uri(key)
-    with contextlib.suppress(Exception):
-        await acreate_link_artifact(
-            link=url or link_or_path(storage, key),
-            link_text=f"comparison sheet of run {run_id}" + ("" if url else f": {where}"),
-            key=COMPARISON_KEY,
-            description=f"Rows x models, with price and QC verdict: {where}",
-        )
-    return f"## Comparison sheet\n\n![comparison sheet of run {run_id}]({image})\n\n`{where}`\n"

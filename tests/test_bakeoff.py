@@ -12,18 +12,19 @@ import pytest
 from PIL import Image
 
 from i2v.bakeoff import (
+    COMPARISON_SHEET_NAME,
     Cell,
     comparison_key,
     comparison_sheet,
     expand,
     parse_models,
     per_model_totals,
-    save_comparison,
 )
 from i2v.local_storage import LocalStorage
 from i2v.models import DEFAULT_MODEL
 from i2v.row_models import plan_row_model
-from tests.test_model_zoo import KLING, SEEDANCE, VEO
+from i2v.sheet import save_sheet
+from i2v.simulator.zoo import KLING, SEEDANCE, VEO
 from tests.test_row_models import sim_catalog
 from tests.test_simulator import EXAMPLES, client, upload, wait_done
 
@@ -75,7 +76,7 @@ def test_bake_off_of_three_models_on_examples_lands_the_grid_sheet(
     cells[("coffee-pull", VEO)] = Cell(None, 0.80, "failed")
     sheet = comparison_sheet(dest, list(rows), models, cells, thumb_width=120)
     assert sheet is not None
-    key = save_comparison(dest, sheet, "run-1")
+    key = save_sheet(dest, sheet, "run-1", name=COMPARISON_SHEET_NAME)
     assert key == comparison_key("run-1") == "runs/run-1/comparison_sheet.png"
     with Image.open(tmp_path / "dest" / key) as png:
         assert png.size == sheet.size
