@@ -3,34 +3,13 @@ and inputs (the listing needs no key; the catalog is cached, see `i2v.catalog`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Any
 
 import typer
 
-from cli.common import err, out, quick_client, run_async, usage_error
+from cli.common import err, out, run_async, usage_error
 from cli.options import ConfigFile
-
-
-async def _catalog(options: Any, refresh: bool) -> Any:
-    from i2v.catalog import default_cache_path, load_catalog
-
-    handle = None
-    base_url = options.api.base_url
-    if options.api.simulator:
-        from i2v.simulator.server import start_simulator
-
-        handle = await asyncio.to_thread(start_simulator, port=0, latency_s=0.1)
-        base_url = handle.url
-    try:
-        # The key is never sent: the listing and schemas need none.
-        async with quick_client(options, base_url, "no-key-given", max_connections=8) as client:
-            cache = default_cache_path(client.base_url)
-            return await load_catalog(client, cache, refresh=refresh)
-    finally:
-        if handle is not None:
-            await asyncio.to_thread(handle.stop)
 
 
 async def _offer(deployment: str, names: list[str]) -> int:
@@ -78,12 +57,15 @@ def models(
     ] = None,
 ) -> None:
     """List the catalog's image-to-video models: price, durations and inputs."""
+    from flows.clients import model_catalog
     from i2v.config import load_options
     from i2v.errors import ConfigError
 
     try:
         options = load_options(config)
-        catalog = run_async(_catalog(options, refresh))
+        catalog, why = run_async(model_catalog(options, refresh=refresh))
+        if catalog is None:
+            raise ConfigError(f"cannot read the model catalog: {why}")
     except ConfigError as exc:
         raise typer.Exit(usage_error(exc)) from None
     if form:
@@ -97,7 +79,7 @@ def models(
                 )
         except ConfigError as exc:
             raise typer.Exit(usage_error(exc)) from None
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "model": m.name,
             "price_usd": m.price_usd,

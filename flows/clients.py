@@ -98,8 +98,11 @@ async def atlas_client(
             await asyncio.to_thread(handle.stop)
 
 
-async def model_catalog(options: BatchOptions) -> tuple[Catalog | None, str | None]:
-    """The model catalog (`i2v.catalog`: cached, no key sent), or why it cannot be read."""
+async def model_catalog(
+    options: BatchOptions, *, refresh: bool = False
+) -> tuple[Catalog | None, str | None]:
+    """The model catalog (`i2v.catalog`: cached, no key sent; `refresh` reads the
+    provider's again), or why it cannot be read."""
     from i2v.catalog import default_cache_path, load_catalog
     from i2v.retry import RetryPolicy
 
@@ -121,12 +124,10 @@ async def model_catalog(options: BatchOptions) -> tuple[Catalog | None, str | No
         ) as client:
             # The in-process simulator listens on a new port each time: one cache for all.
             where = "in-process-simulator" if handle is not None else client.base_url
-            catalog = await load_catalog(client, default_cache_path(where))
+            catalog = await load_catalog(client, default_cache_path(where), refresh=refresh)
     except (ConfigError, AtlasError) as exc:
         return None, str(exc)
     finally:
         if handle is not None:
             await asyncio.to_thread(handle.stop)
-    if catalog.from_cache:
-        get_run_logger().info("model catalog: the cached copy, %s old", catalog.age_text())
     return catalog, None

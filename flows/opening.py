@@ -75,6 +75,8 @@ async def open_run(
     catalog, catalog_error = None, None
     if needs_catalog(manifest.rows, options):
         catalog, catalog_error = await model_catalog(options)
+        if catalog is not None and catalog.from_cache:
+            logger.info("model catalog: the cached copy, %s old", catalog.age_text())
     checked = await run_task_after(
         check_pictures,
         [read_id],
