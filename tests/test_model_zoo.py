@@ -18,15 +18,10 @@ from i2v.errors import ConfigError, InputError
 from i2v.model_schema import build_body, convert, read_schema
 from i2v.models import DEFAULT_MODEL
 from i2v.parsing import input_schema
+from i2v.simulator.zoo import KLING, SEEDANCE, T2I, VEO, VIDU, WAN
 from tests.test_simulator import KEY, client, decode_frames, free_port, upload, wait_done
 
 Sim = Any
-KLING = "kwaivgi/kling-v3.0-std/image-to-video"
-VEO = "google/veo3.1-fast/image-to-video"
-SEEDANCE = "bytedance/seedance-v1-pro-fast/image-to-video"
-WAN = "alibaba/wan-2.6/image-to-video"
-VIDU = "vidu/q3/reference-to-video"
-T2I = "google/nano-banana/text-to-image"
 
 
 @pytest.fixture

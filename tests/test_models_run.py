@@ -13,14 +13,9 @@ import pandas as pd
 import pytest
 
 from i2v.models import DEFAULT_MODEL
+from i2v.simulator.zoo import KLING, SEEDANCE, T2I, VEO, VIDU, WAN
 from tests.helpers import cli_run, sim_config, state_records, table, write_manifest
 
-KLING = "kwaivgi/kling-v3.0-std/image-to-video"
-VEO = "google/veo3.1-fast/image-to-video"
-SEEDANCE = "bytedance/seedance-v1-pro-fast/image-to-video"
-WAN = "alibaba/wan-2.6/image-to-video"
-VIDU = "vidu/q3/reference-to-video"
-T2I = "google/nano-banana/text-to-image"
 FAST = "minimax/hailuo-2.3/fast"
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

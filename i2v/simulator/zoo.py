@@ -14,6 +14,14 @@ from typing import Any
 
 from i2v.model_schema import body_problems, read_schema
 
+# The listed names, for tests and examples that pick one.
+KLING = "kwaivgi/kling-v3.0-std/image-to-video"
+VEO = "google/veo3.1-fast/image-to-video"
+SEEDANCE = "bytedance/seedance-v1-pro-fast/image-to-video"
+WAN = "alibaba/wan-2.6/image-to-video"
+VIDU = "vidu/q3/reference-to-video"
+T2I = "google/nano-banana/text-to-image"
+
 _IMAGE = {"type": "string", "description": "An https URL or a data: URI (JPG/PNG)."}
 _PROMPT = {"type": "string", "maxLength": 2000}
 _NEG = {"type": "string", "maxLength": 1000}
@@ -35,7 +43,7 @@ ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
         ZooModel(
-            "kwaivgi/kling-v3.0-std/image-to-video",
+            KLING,
             "IMAGE-TO-VIDEO",
             "Video",
             0.42,
@@ -50,7 +58,7 @@ ZOO: dict[str, ZooModel] = {
             ("image_url",),
         ),
         ZooModel(
-            "google/veo3.1-fast/image-to-video",
+            VEO,
             "IMAGE-TO-VIDEO",
             "Video",
             0.80,
@@ -65,7 +73,7 @@ ZOO: dict[str, ZooModel] = {
             ("image", "prompt"),
         ),
         ZooModel(
-            "bytedance/seedance-v1-pro-fast/image-to-video",
+            SEEDANCE,
             "IMAGE-TO-VIDEO",
             "Video",
             0.12,
@@ -79,7 +87,7 @@ ZOO: dict[str, ZooModel] = {
             ("image",),
         ),
         ZooModel(
-            "alibaba/wan-2.6/image-to-video",
+            WAN,
             "IMAGE-TO-VIDEO",
             "Video",
             0.35,
@@ -94,7 +102,7 @@ ZOO: dict[str, ZooModel] = {
             ("image",),
         ),
         ZooModel(
-            "vidu/q3/reference-to-video",
+            VIDU,
             "IMAGE-TO-VIDEO",
             "Video",
             0.30,
@@ -106,7 +114,7 @@ ZOO: dict[str, ZooModel] = {
             ("images", "prompt"),
         ),
         ZooModel(
-            "google/nano-banana/text-to-image",
+            T2I,
             "TEXT-TO-IMAGE",
             "Image",
             0.04,
