@@ -22,21 +22,17 @@ import asyncio
 import contextlib
 import time
 
-from prefect import flow, tags
-from prefect.client.orchestration import get_client
+from prefect import flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_run_logger
-from prefect.states import State
 from pydantic import Field
 
 from flows.announce import announced
 from flows.approval import approve_parent
 from flows.authority import check_worker_settings
-from flows.batch import i2v_shard
-from flows.helping import help_waiting
+from flows.helping import help_waiting, run_here
 from flows.opening import OpenedRun, dry_run_summary, open_run
 from flows.shard_runs import (
-    SHARD_TAG,
     ShardLauncher,
     check_deployment,
     shard_name,
@@ -291,23 +287,15 @@ async def _parent_work(
     """Shard 1, and beside it the rows of shards still waiting for a worker: the
     global limit shares the provider's slots between them."""
     mine, helped = await asyncio.gather(
-        _shard_here(launcher, own), help_waiting(launcher, others, started)
+        _mine(launcher, own), help_waiting(launcher, others, started)
     )
     return mine, helped
 
 
-async def _shard_here(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
-    """Shard 1 as a subflow of this run, in this process (tagged as the others are: the
-    lost-shard automation judges it by its heartbeats)."""
-    shard = i2v_shard.with_options(flow_run_name=shard_name(1, launcher.total))
-    with tags(SHARD_TAG):
-        state: State = await shard(
-            launcher.source, launcher.dest, lines, launcher.options_for(lines), return_state=True
-        )
-    async with get_client() as client:
-        run_id = state.state_details.flow_run_id
-        assert run_id is not None  # a subflow's state names its flow run
-        return await client.read_flow_run(run_id)
+async def _mine(launcher: ShardLauncher, lines: list[int]) -> FlowRun:
+    """Shard 1, in this process."""
+    run, _ = await run_here(launcher, lines, shard_name(1, launcher.total))
+    return run
 
 
 def _helped_md(helpers: list[ShardReport]) -> list[str]:

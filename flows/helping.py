@@ -80,23 +80,12 @@ async def _help(
 
     watcher = asyncio.create_task(hand_over_when_started())
     try:
-        with controlled(control), tags(SHARD_TAG):
-            shard = i2v_shard.with_options(flow_run_name=helper_name(index, launcher.total))
-            state: State = await shard(
-                launcher.source,
-                launcher.dest,
-                lines,
-                launcher.options_for(lines),
-                return_state=True,
-            )
+        with controlled(control):
+            run, state = await run_here(launcher, lines, helper_name(index, launcher.total))
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    async with get_client() as client:
-        run_id = state.state_details.flow_run_id
-        assert run_id is not None  # a subflow's state names its flow run
-        run = await client.read_flow_run(run_id)
     if control.handed_over:
         logger.info(
             "shard %d/%d started on its worker: handed its other rows over", index, launcher.total
@@ -105,3 +94,18 @@ async def _help(
         # The shard's own run covers every one of its rows: this only cost time here.
         logger.warning("the parent's run of shard %d's rows ended %s", index, state.name)
     return run
+
+
+async def run_here(launcher: ShardLauncher, lines: list[int], name: str) -> tuple[FlowRun, State]:
+    """`lines` as a shard subflow named `name`, in this process; its flow run and final
+    state. Tagged as the workers' shards are: the lost-shard automation judges it by its
+    heartbeats."""
+    shard = i2v_shard.with_options(flow_run_name=name)
+    with tags(SHARD_TAG):
+        state: State = await shard(
+            launcher.source, launcher.dest, lines, launcher.options_for(lines), return_state=True
+        )
+    async with get_client() as client:
+        run_id = state.state_details.flow_run_id
+        assert run_id is not None  # a subflow's state names its flow run
+        return await client.read_flow_run(run_id), state
