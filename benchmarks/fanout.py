@@ -1,6 +1,6 @@
 """The bench's `fanout` scenario: one i2v-fanout flow run over two process workers.
 
-    .venv/bin/python benchmarks/bench.py --only fanout          # 600 rows in 4 shards
+    .venv/bin/python benchmarks/bench.py --only fanout          # 600 rows, a shard per worker
     .venv/bin/python benchmarks/bench.py --quick --only fanout  # 40 rows in 4 shards
 
 What a team runs (as tests/test_deployments.py does): a long-lived `prefect server`
@@ -10,7 +10,8 @@ What a team runs (as tests/test_deployments.py does): a long-lived `prefect serv
 simulator's key in a Secret block (the workers have no ATLASCLOUD_API_KEY), and two
 `i2v worker --pool i2v-process --limit 4`, as the README starts them (each polls a
 queue of its own besides `default`, every 2 s). Then one flow run of i2v-fanout/fanout
-over N distinct rows in shards of `shard_size` rows (the first runs in the parent),
+over N distinct rows in shards of `shard_size` rows, or as the fan-out sizes them when
+the plan gives none (one per online worker; the first runs in the parent),
 each shard with `concurrency` C, against the bench's simulator (latency L,
 max_concurrent C).
 
@@ -55,7 +56,7 @@ INBOX = "i2v-inbox/inbox"
 @dataclass
 class FanoutPlan:
     rows: int
-    shard_size: int
+    shard_size: int | None  # None: the fan-out's default
     latency_s: float
     cap: int
     concurrency: int
@@ -67,8 +68,10 @@ class FanoutPlan:
         return self.latency_s * max(self.rows / self.cap, 1.0)
 
     @property
-    def shards(self) -> int:
-        return -(-self.rows // self.shard_size)
+    def shards(self) -> str:
+        if self.shard_size is None:
+            return "a shard per worker"
+        return f"{-(-self.rows // self.shard_size)} shards"
 
 
 def run(
@@ -163,14 +166,14 @@ def run(
                 "global_concurrency_limit": LIMIT,
                 "api": {"base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
             }
-            say(f"  i2v-fanout over {plan.rows} rows in {plan.shards} shards ...")
+            say(f"  i2v-fanout over {plan.rows} rows, {plan.shards} ...")
             created_at, created_epoch = time.monotonic(), time.time()
             parent = client.create_flow_run_from_deployment(
                 deployment.id,
                 parameters={
                     "source": str(manifest),
                     "dest": str(dest),
-                    "shard_size": plan.shard_size,
+                    **({"shard_size": plan.shard_size} if plan.shard_size else {}),
                     "options": options,
                 },
             )

@@ -34,6 +34,7 @@ from flows.helping import help_waiting, run_here
 from flows.opening import OpenedRun, dry_run_summary, open_run
 from flows.shard_runs import (
     ShardLauncher,
+    auto_size,
     check_deployment,
     shard_name,
     shard_run,
@@ -67,7 +68,7 @@ class FanoutSummary(RunSummary):
 async def i2v_fanout(
     source: str,
     dest: str,
-    shard_size: int = 50,
+    shard_size: int | None = None,
     options: BatchOptions = BatchOptions(),
     deployment: str = SHARD_DEPLOYMENT,
     shard_in_parent: bool = True,
@@ -78,7 +79,9 @@ async def i2v_fanout(
         source: A CSV, Parquet or JSON Lines manifest (a path or s3://), or an s3:// prefix;
             every worker must be able to read it (use S3 across machines).
         dest: A folder or `s3://bucket/prefix` shared by all shards.
-        shard_size: Rows per shard (duplicates of one input always share a shard).
+        shard_size: Rows per shard (duplicates of one input always share a shard). Empty:
+            one shard per online worker of the pool, and at least enough to fill the
+            global concurrency limit at `concurrency` per shard.
         options: Batch options passed to every shard. Its `concurrency` is per shard;
             the global concurrency limit caps all shards together.
         deployment: The deployment that runs each shard, FLOW/DEPLOYMENT (the internal
@@ -93,7 +96,7 @@ async def i2v_fanout(
 async def _fanout(
     source: str,
     dest: str,
-    shard_size: int,
+    shard_size: int | None,
     options: BatchOptions,
     deployment: str,
     shard_in_parent: bool,
@@ -105,10 +108,18 @@ async def _fanout(
         raise ConfigError("a bake-off (`models`) runs as one i2v-batch run, not a fan-out")
     opened = await open_run(source, dest, options)
     plans, storage, run_id = opened.plans, opened.dest, opened.run_id
+    how = ""
+    if shard_size is None:
+        shard_size, workers = await auto_size(deployment, len(plans), options)
+        how = f" (one per online worker: {workers})"
     shards = plan_shards(plans, shard_size)
     inputs = len({p.identity for p in plans if p.identity and not p.error})
     logger.info(
-        "%d shards of at most %d rows via deployment %r", len(shards), shard_size, deployment
+        "%d shards of at most %d rows%s via deployment %r",
+        len(shards),
+        shard_size,
+        how,
+        deployment,
     )
     if options.dry_run:
         return await _dry_run(options, opened, source, shards)
@@ -256,13 +267,16 @@ async def _run_shards(
     numbered = dict(enumerate(shards, 1))
     own = numbered.pop(1) if in_parent else None
     started: set[int] = set()
+    # The shard runs first: creating them takes a second on an idle event loop, but
+    # many seconds beside the parent's own rows, and every second they wait to be
+    # created is a second later that their workers start their processes.
+    runs = await launcher.launch(numbered) if numbered else {}
     here = (
         asyncio.create_task(_parent_work(launcher, own, numbered, started))
         if own is not None
         else None
     )
     try:
-        runs = await launcher.launch(numbered) if numbered else {}
         finished = await watch(launcher, numbered, runs, reporter, started) if runs else {}
     except BaseException:
         if here is not None:  # the shard here winds down with its bookkeeping done

@@ -57,6 +57,20 @@ async def live_worker_queues(client: PrefectClient, pool: str) -> list[str]:
     return sorted(live, key=lambda name: name == own)
 
 
+async def online_workers(client: PrefectClient, pool: str) -> int:
+    """The pool's workers that sent a heartbeat in the last LIVE_S * 3 seconds (a
+    worker's heartbeat is every 30 s by default; the server keeps a stopped worker
+    ONLINE for a while, so the time is what counts)."""
+    now = datetime.now(UTC)
+    workers = await client.read_workers_for_work_pool(work_pool_name=pool)
+    return sum(
+        1
+        for w in workers
+        if w.last_heartbeat_time is not None
+        and (now - w.last_heartbeat_time.astimezone(UTC)).total_seconds() < 3 * LIVE_S
+    )
+
+
 def place(count: int, queues: list[str]) -> list[str | None]:
     """The queue of each of `count` shards, in turn over `queues` (None: the
     deployment's own queue)."""

@@ -9,6 +9,7 @@ of a worker that went away before taking it is moved to the deployment's queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -25,11 +26,11 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Crashed
 
 from flows.lost_runs import mark_lost_runs
-from flows.placement import live_worker_queues, place, stranded, withdraw
+from flows.placement import live_worker_queues, online_workers, place, stranded, withdraw
 from i2v.config import BatchOptions
 from i2v.errors import ConfigError
 from i2v.liveness import HEARTBEAT_S
-from i2v.shards import ShardRun
+from i2v.shards import ShardRun, auto_shard_size
 from tasks.artifacts import ProgressReporter
 
 POLL_S = 1.0  # how often the parent reads its shards' states
@@ -52,6 +53,23 @@ async def check_deployment(deployment: str) -> str:
                 f"deployment {deployment!r} not found: deploy it with `prefect deploy --all "
                 "--prefect-file deployments/prefect.yaml`, or pass `deployment`"
             ) from None
+
+
+async def auto_size(deployment: str, rows: int, options: BatchOptions) -> tuple[int, int]:
+    """Rows per shard for a fan-out not given `shard_size` (`i2v.shards.auto_shard_size`),
+    and the online workers of the shard deployment's pool it counted."""
+    pool = await check_deployment(deployment)
+    slots = None
+    async with get_client() as client:
+        workers = await online_workers(client, pool)
+        if options.global_concurrency_limit:
+            with contextlib.suppress(ObjectNotFound):  # the shards warn of it themselves
+                found = await client.read_global_concurrency_limit_by_name(
+                    options.global_concurrency_limit
+                )
+                slots = found.limit if found.active else None
+    size = auto_shard_size(rows, workers, concurrency=options.concurrency, limit=slots)
+    return size, workers
 
 
 def shard_name(index: int, total: int) -> str:

@@ -65,6 +65,21 @@ class ShardRun:
     message: str | None = None
 
 
+def auto_shard_size(rows: int, workers: int, *, concurrency: int, limit: int | None) -> int:
+    """Rows per shard when the fan-out is not told: one shard per online worker (the
+    parent's own worker runs the first in its process), and at least as many as it
+    takes, at `concurrency` in flight per shard, to fill the global limit `limit`.
+
+    More shards than that only start more processes: on the bench's two workers, 4
+    shards of 150 rows reached 0.52-0.57 of ideal against 0.61 for 2 of 300, because
+    a shard's process costs 15-20 s of CPU before its first submission.
+    """
+    shards = max(1, workers)
+    if limit:
+        shards = max(shards, -(-limit // max(1, concurrency)))
+    return max(1, -(-rows // shards))
+
+
 def plan_shards(plans: Sequence[RowPlan], shard_size: int) -> list[list[int]]:
     """Manifest line numbers per shard, in manifest order, at most `shard_size` rows each.
 

@@ -140,7 +140,9 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
     assert "api_key_secret_block" in defs["ApiSettings"]["properties"]
 
     fprops = fanout.parameter_openapi_schema["properties"]
-    assert fprops["shard_size"]["type"] == "integer" and fprops["shard_size"]["default"] == 50
+    shard_size = fprops["shard_size"]
+    assert {t["type"] for t in shard_size["anyOf"]} == {"integer", "null"}
+    assert shard_size["default"] is None and "shard_size" not in fanout.parameters
     assert fprops["deployment"]["default"] == "i2v-shard/shard"
     assert fanout.parameters["deployment"] == "i2v-shard/shard"
     assert "BatchOptions" in fanout.parameter_openapi_schema["definitions"]
@@ -575,6 +577,22 @@ def _plan(line: int, identity: str | None, error: str | None = None) -> Any:
     return RowPlan(row=row, row_id=f"r{line}", identity=identity, error=error)
 
 
+@pytest.mark.parametrize(
+    ("rows", "workers", "concurrency", "limit", "size"),
+    [
+        (600, 2, 40, 40, 300),  # one process fills the limit: a shard per worker
+        (600, 2, 8, 40, 120),  # 8 per shard: five shards to fill 40 slots
+        (600, 0, 40, None, 600),  # no worker online yet: the parent runs it all
+        (600, 3, 40, None, 200),  # no limit: a shard per worker
+        (2, 4, 40, None, 1),  # fewer rows than workers: a row each
+    ],
+)
+def test_auto_shard_size(rows: int, workers: int, concurrency: int, limit: Any, size: int) -> None:
+    from i2v.shards import auto_shard_size
+
+    assert auto_shard_size(rows, workers, concurrency=concurrency, limit=limit) == size
+
+
 def test_plan_shards_keeps_duplicates_together() -> None:
     from i2v.shards import plan_shards
 
@@ -695,6 +713,46 @@ def test_fanout_dry_run_plans_shards_without_running_any(
     assert summary.estimated_usd == pytest.approx(distinct * 0.28)
     assert sum(sim.stats.responses_by_status.values()) == 0
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_fanout_without_shard_size_runs_one_shard_per_online_worker(
+    make_simulator: Any, tmp_path: Path
+) -> None:
+    """No `shard_size`: one shard per worker that sent a heartbeat lately, or more when
+    the global limit needs more shards at `concurrency` each to fill its slots."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+
+    from flows.fanout import i2v_fanout
+    from i2v.config import load_options
+
+    async def stand_up() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="auto-pool", type="process"))
+            flow_id = await client.create_flow_from_name("i2v-shard")
+            await client.create_deployment(flow_id, "shard", work_pool_name="auto-pool")
+            for worker in ("w1", "w2"):
+                await client.send_worker_heartbeat("auto-pool", worker)
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name="auto-limit", limit=40)
+            )
+
+    asyncio.run(stand_up())
+    sim = make_simulator(latency_s=0.1)
+    manifest, _ = _manifest(tmp_path)
+
+    def shards(**changes: Any) -> list[int]:
+        options = load_options(
+            None, dry_run=True, api={"base_url": sim.url}, **{"concurrency": 40, **changes}
+        )
+        summary = asyncio.run(i2v_fanout(str(manifest), str(tmp_path / "d"), None, options))
+        return [s.rows for s in summary.shards]
+
+    assert shards(global_concurrency_limit=None) == [12, 12]  # two workers online
+    assert shards(global_concurrency_limit="auto-limit") == [12, 12]  # one fills 40 slots
+    # 8 per shard: five shards fill the limit's 40 slots, though only two workers poll.
+    assert shards(global_concurrency_limit="auto-limit", concurrency=8) == [5, 5, 5, 5, 4]
 
 
 # ------------------------------------------- the provider cap, in-process (no workers)
