@@ -353,8 +353,8 @@ def _cap_rows(part: Any) -> list[Row]:
             f"with a global concurrency limit of {limit}: efficiency {capped['efficiency']:.2f} "
             f"({capped['actual_s']:.1f} s, max {capped['max_in_flight']} in flight) vs "
             f"{free['efficiency']:.2f} without ({free['actual_s']:.1f} s): {ratio:.2f} of it",
-            ">= 0.9 of it, >= 0.8 of ideal",
-            _met(ratio >= 0.9 and capped["efficiency"] >= 0.8),
+            ">= 0.95 of it, >= 0.8 of ideal",
+            _met(ratio >= 0.95 and capped["efficiency"] >= 0.8),
         )
     ]
 

@@ -381,7 +381,13 @@ def _rows(
         end_error = end_error and f"end_image: {end_error}"
         prompt_error = None if own_model else check_prompt(prompt, rules)
         error = (
-            width_error or id_error or image_error or end_error or duration_error or prompt_error
+            table.unreadable.get(line)
+            or width_error
+            or id_error
+            or image_error
+            or end_error
+            or duration_error
+            or prompt_error
         )
         rows.append(
             ManifestRow(

@@ -59,6 +59,9 @@ class Table:
     header: list[str]
     records: Iterable[tuple[int, list[str]]]
     types: dict[str, str] = field(default_factory=dict)  # column -> results dtype
+    # Row number -> why that row could not be read (filled as the records are read):
+    # the row is rejected with it and the others go on, as a CSV row's errors do.
+    unreadable: dict[int, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ cells
@@ -243,12 +246,18 @@ def parquet_table(files: list[tuple[str, Path]]) -> Table:
 
 
 def jsonl_table(source: str, open_lines: Callable[[], Iterable[bytes]]) -> Table:
-    """A JSON Lines manifest; `open_lines` gives the file's lines each time it is called."""
+    """A JSON Lines manifest; `open_lines` gives the file's lines each time it is called.
+    A line that is not a JSON object becomes a rejected row (`Table.unreadable`); a file
+    with no object at all is refused."""
     header: list[str] = []
     seen: set[str] = set()
     kinds: dict[str, str | None] = {}
     rows = 0
-    for _n, obj in _objects(source, open_lines()):
+    first_problem = None
+    for _n, obj, problem in _objects(open_lines()):
+        if obj is None:
+            first_problem = first_problem or problem
+            continue
         rows += 1
         for key, value in obj.items():
             if key not in seen:
@@ -258,31 +267,47 @@ def jsonl_table(source: str, open_lines: Callable[[], Iterable[bytes]]) -> Table
             if value is not None:
                 kinds[key] = _merge_kind(kinds[key], _kind(value))
     if not rows:
-        raise ManifestError(f"manifest {source} is empty")
+        raise ManifestError(f"manifest {source} {first_problem or 'is empty'}")
+    unreadable: dict[int, str] = {}
 
     def records() -> Iterator[tuple[int, list[str]]]:
-        for n, obj in _objects(source, open_lines()):
-            yield n, [cell_text(obj.get(key)) for key in header]
+        for n, obj, problem in _objects(open_lines()):
+            if obj is None:
+                unreadable[n] = f"manifest {problem}"
+                yield n, []
+            else:
+                yield n, [cell_text(obj.get(key)) for key in header]
 
     types = {k: v or "string" for k, v in kinds.items()}
-    return Table(header=header, records=records(), types=types)
+    return Table(header=header, records=records(), types=types, unreadable=unreadable)
 
 
-def _objects(source: str, lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _objects(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, the line's object or None, why it is None) for each non-blank line."""
     for n, raw in enumerate(lines, start=1):
-        text = raw.decode("utf-8-sig" if n == 1 else "utf-8", errors="strict").strip()
+        try:
+            text = raw.decode("utf-8-sig" if n == 1 else "utf-8", errors="strict").strip()
+        except UnicodeDecodeError as exc:
+            yield n, None, f"line {n} is not UTF-8: {exc}"
+            continue
         if not text:
             continue
         try:
             obj = json.loads(text)
         except ValueError as exc:
-            raise ManifestError(f"manifest {source} line {n} is not valid JSON: {exc}") from None
+            yield n, None, f"line {n} is not valid JSON: {exc}"
+            continue
         if not isinstance(obj, dict):
-            raise ManifestError(
-                f"manifest {source} line {n} is a JSON {type(obj).__name__}, not an object "
-                'with columns (one {"image": ..., "prompt": ...} per line)'
+            yield (
+                n,
+                None,
+                (
+                    f"line {n} is a JSON {type(obj).__name__}, not an object with columns "
+                    '(one {"image": ..., "prompt": ...} per line)'
+                ),
             )
-        yield n, {str(k).strip(): v for k, v in obj.items()}
+            continue
+        yield n, {str(k).strip(): v for k, v in obj.items()}, None
 
 
 def local_lines(path: Path) -> Callable[[], Iterable[bytes]]:

@@ -85,12 +85,9 @@ def test_tables_read_like_a_csv_with_types_kept(pictures: Path, fmt: str) -> Non
 
 
 def test_table_errors_are_specific(tmp_path: Path, pictures: Path) -> None:
-    (tmp_path / "bad.jsonl").write_text('{"image": "a.png"}\n{"image": oops}\n')
-    with pytest.raises(ManifestError, match="line 2 is not valid JSON"):
-        read(tmp_path / "bad.jsonl")
-    (tmp_path / "list.jsonl").write_text('["a.png", "x"]\n')
+    (tmp_path / "list.jsonl").write_text('["a.png", "x"]\n{"image": oops}\n')
     with pytest.raises(ManifestError, match="line 1 is a JSON list, not an object"):
-        read(tmp_path / "list.jsonl")
+        read(tmp_path / "list.jsonl")  # no line of it is a row: nothing to run
     (tmp_path / "fake.parquet").write_bytes(b"image,prompt\na.png,x\n")
     with pytest.raises(ManifestError, match="not a readable Parquet file"):
         read(tmp_path / "fake.parquet")
@@ -106,6 +103,21 @@ def test_table_errors_are_specific(tmp_path: Path, pictures: Path) -> None:
     csv_named_parquet = write_parquet(tmp_path / "m.csv", ROWS)
     with pytest.raises(ManifestError, match=r"rename it \*\.parquet"):
         read(csv_named_parquet)
+
+
+def test_an_unreadable_json_line_rejects_only_its_row(pictures: Path) -> None:
+    good = [json.dumps(r) for r in ROWS]
+    (pictures / "m.jsonl").write_bytes(
+        "\n".join([good[0], '{"image": oops}', good[1], '["a.png"]', good[2]]).encode()
+        + b'\n{"image": "\xff"}\n'
+    )
+    m = read(pictures / "m.jsonl")
+    assert [r.id for r in m.good_rows] == ["a", "b", "c"]
+    errors = {r.line: r.error for r in m.rows if r.error}
+    assert list(errors) == [2, 4, 6]
+    assert errors[2] is not None and errors[2].startswith("manifest line 2 is not valid JSON")
+    assert errors[4] is not None and "line 4 is a JSON list, not an object" in errors[4]
+    assert errors[6] is not None and errors[6].startswith("manifest line 6 is not UTF-8")
 
 
 @pytest.mark.parametrize(
@@ -157,6 +169,21 @@ def test_local_tables_land_every_row_through_the_cli(
     frame = pd.read_parquet(dest / "results.parquet")
     _check_landed(frame, 3)
     assert sorted(p.name for p in (dest / "videos").iterdir()) == ["a.mp4", "b.mp4", "c.mp4"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_lands_the_rows_around_an_unreadable_json_line(
+    simulator: Any, pictures: Path, tmp_path: Path
+) -> None:
+    path = pictures / "m.jsonl"
+    good = [json.dumps(r) for r in ROWS]
+    path.write_text("\n".join([good[0], '{"image": oops}', *good[1:]]) + "\n")
+    dest = tmp_path / "out"
+    result = cli_run(path, dest, sim_config(tmp_path, simulator))
+    assert result.exit_code == 1, result.output
+    frame = pd.read_parquet(dest / "results.parquet")
+    assert list(frame["status"]) == ["landed", "rejected", "landed", "landed"]
+    assert frame["error"][1].startswith("manifest line 2 is not valid JSON")
 
 
 @pytest.mark.usefixtures("prefect_harness")
