@@ -341,9 +341,11 @@ def test_a_lost_parent_is_replaced_by_a_new_fanout_run_without_paying_twice(
         # POST that was on the wire.
         lost = fan.taken_by("parent-host", list(old.values())) + here + fan.helpers(first)
         (shard_here,) = here
-        here_at_kill = fan.state(shard_here.id)
         kill_machine(host)
         killed, killed_wall = time.monotonic(), time.time()
+        # Read after the kill: a dead process changes no state, and the automation
+        # needs 90 s of silence (read before, a shard ending in between raced it).
+        here_at_kill = fan.state(shard_here.id)
 
         workers("parent-host-2", 3)
         again = fan.start()
