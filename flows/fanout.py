@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Annotated
 
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun
@@ -68,7 +69,7 @@ class FanoutSummary(RunSummary):
 async def i2v_fanout(
     source: str,
     dest: str,
-    shard_size: int | None = None,
+    shard_size: Annotated[int | None, Field(ge=1)] = None,
     options: BatchOptions = BatchOptions(),
     deployment: str = SHARD_DEPLOYMENT,
     shard_in_parent: bool = True,

@@ -11,6 +11,7 @@ is run once unconfigured, as a fresh deployment's schedule would. A headless Chr
 (Debian's `chromium`, apt-installed when missing) then saves into out/ui-shots/:
 
     form.png                     the batch deployment's run form (options expanded)
+    fanout-form.png              the fan-out's run form (shard_size empty: one per worker)
     worker-run.png, cli-run.png  each run's page: the graph of its task runs
     fanout-run.png               the fan-out's page: its shards and helper runs
     events.png                   the Events page: each run's i2v.run.* event
@@ -406,6 +407,13 @@ def main() -> None:
                 f"{stack.ui}/deployments/deployment/{deployment['id']}/run",
                 out / "form.png",
                 height=3300,
+                tries=3,
+            )
+            fanout = stack.get("/deployments/name/i2v-fanout/fanout")
+            shoot(
+                f"{stack.ui}/deployments/deployment/{fanout['id']}/run",
+                out / "fanout-form.png",
+                height=1600,
                 tries=3,
             )
             shoot_run(shoot, stack, out, "worker-run", worker_run)

@@ -142,6 +142,7 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
     fprops = fanout.parameter_openapi_schema["properties"]
     shard_size = fprops["shard_size"]
     assert {t["type"] for t in shard_size["anyOf"]} == {"integer", "null"}
+    assert {"type": "integer", "minimum": 1} in shard_size["anyOf"]  # 0 refused at the form
     assert shard_size["default"] is None and "shard_size" not in fanout.parameters
     assert fprops["deployment"]["default"] == "i2v-shard/shard"
     assert fanout.parameters["deployment"] == "i2v-shard/shard"
