@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -206,7 +206,7 @@ def link_or_path(storage: Storage, key: str, hours: float = 24.0) -> str:
 
 async def publish_sheet(
     storage: Storage,
-    sheet: PILImage.Image,
+    make: Callable[[], PILImage.Image | None],
     run_id: str,
     *,
     name: str,
@@ -215,23 +215,32 @@ async def publish_sheet(
     description: str,
     link_hours: float = 24.0,
 ) -> str:
-    """Save `sheet` to DEST/runs/<run-id>/<name>, add a link artifact `key` to it, and
-    return the run summary's markdown section `title`.
+    """Make a sheet (`make`, in a thread), save it to DEST/runs/<run-id>/<name>, add a
+    link artifact `key` to it, and return the run summary's markdown section `title`;
+    "" when `make` gives nothing or the sheet fails (the videos landed: a missing sheet
+    is only a lesser view).
 
     The summary shows the sheet as a plain markdown image: its presigned URL on S3, or
     a small embedded PNG (`embedded_png`) for a folder DEST; the full-size file follows
-    as a link (S3) or its path (folder). Raises when the sheet cannot be saved.
+    as a link (S3) or its path (folder).
     """
     from prefect.artifacts import acreate_link_artifact
 
     where_key = sheet_key(run_id, name)
-    url = await asyncio.to_thread(web_link, storage, where_key, link_hours)
-    saving = asyncio.to_thread(save_sheet, storage, sheet, run_id, name=name)
-    if url is None:  # the file and the summary's small copy at once, in two threads
-        _, image = await asyncio.gather(saving, asyncio.to_thread(embedded_png, sheet))
-    else:
-        await saving
-        image = url
+    try:
+        sheet = await asyncio.to_thread(make)
+        if sheet is None:
+            return ""
+        url = await asyncio.to_thread(web_link, storage, where_key, link_hours)
+        saving = asyncio.to_thread(save_sheet, storage, sheet, run_id, name=name)
+        if url is None:  # the file and the summary's small copy at once, in two threads
+            _, image = await asyncio.gather(saving, asyncio.to_thread(embedded_png, sheet))
+        else:
+            await saving
+            image = url
+    except Exception as exc:
+        log.warning("%s not written: %s", title.lower(), exc)
+        return ""
     where = storage.key_uri(where_key)
     full = f"[{name}]({url}) (`{where}`)" if url else f"`{where}`"
     label = f"{title.lower()} of run {run_id}"
@@ -254,25 +263,18 @@ async def publish_contact_sheet(
     frames: SheetFrames | None = None,
     **options: Any,
 ) -> str:
-    """Make the contact sheet (`i2v.sheet`; `frames` taken while landing) and publish it
-    (`publish_sheet`); "" when there is nothing to show or the sheet failed."""
-    try:
-        sheet = await asyncio.to_thread(sheet_image, storage, video_keys, frames=frames, **options)
-        if sheet is None:
-            return ""
-        return await publish_sheet(
-            storage,
-            sheet,
-            run_id,
-            name=CONTACT_SHEET_NAME,
-            title="Contact sheet",
-            key=CONTACT_SHEET_KEY,
-            description="One frame of each landed video",
-            link_hours=link_hours,
-        )
-    except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
-        log.warning("contact sheet not written: %s", exc)
-        return ""
+    """The contact sheet (`i2v.sheet`; `frames` taken while landing), published
+    (`publish_sheet`)."""
+    return await publish_sheet(
+        storage,
+        lambda: sheet_image(storage, video_keys, frames=frames, **options),
+        run_id,
+        name=CONTACT_SHEET_NAME,
+        title="Contact sheet",
+        key=CONTACT_SHEET_KEY,
+        description="One frame of each landed video",
+        link_hours=link_hours,
+    )
 
 
 KEPT_KEY = "i2v-kept"

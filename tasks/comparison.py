@@ -4,8 +4,6 @@ artifact of the run."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +12,6 @@ from i2v.row_models import bake_off_id
 from i2v.storage import Storage
 from tasks.artifacts import publish_sheet
 
-log = logging.getLogger("i2v.comparison")
 COMPARISON_KEY = "comparison-sheet"
 
 
@@ -47,21 +44,18 @@ async def publish_comparison(
     """Save the sheet and link it; markdown for the run's summary ("" when none)."""
     if not models:
         return ""
-    try:
+
+    def make() -> Any:
         bases, cells = cells_of(frame, models)
-        sheet = await asyncio.to_thread(comparison_sheet, storage, bases, models, cells)
-        if sheet is None:
-            return ""
-        return await publish_sheet(
-            storage,
-            sheet,
-            run_id,
-            name=COMPARISON_SHEET_NAME,
-            title="Comparison sheet",
-            key=COMPARISON_KEY,
-            description="Rows x models, with price and QC verdict",
-            link_hours=link_hours,
-        )
-    except Exception as exc:  # the videos landed; a missing sheet is only a lesser view
-        log.warning("comparison sheet not written: %s", exc)
-        return ""
+        return comparison_sheet(storage, bases, models, cells)
+
+    return await publish_sheet(
+        storage,
+        make,
+        run_id,
+        name=COMPARISON_SHEET_NAME,
+        title="Comparison sheet",
+        key=COMPARISON_KEY,
+        description="Rows x models, with price and QC verdict",
+        link_hours=link_hours,
+    )
