@@ -120,6 +120,7 @@ async def approve_parent(
     for job in jobs:
         if job.outcome is None and job.action is Action.SUBMIT:
             price = job_price(options, job)
-            shares[job.primary.row.line] = price * scale
+            line = job.primary.row.line  # a bake-off's pairs share it: add them up
+            shares[line] = shares.get(line, 0.0) + price * scale
     log.info("approved: budget $%.2f over the shards", budget)
     return shard_options, shares

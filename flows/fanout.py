@@ -49,6 +49,7 @@ from i2v.rows import group_jobs
 from i2v.run import RowStatus, RunContext
 from i2v.shards import MONEY, STATS, ShardReport, helper_reports, merge_shards, plan_shards
 from tasks.artifacts import ProgressReporter, publish_contact_sheet
+from tasks.comparison import publish_comparison
 from tasks.results_artifacts import publish_artifacts
 
 FANOUT_PROGRESS_KEY = "i2v-fanout-progress"
@@ -105,8 +106,6 @@ async def _fanout(
     logger = get_run_logger()
     started = time.monotonic()
     await check_worker_settings(options)  # before any read; each shard checks on its worker
-    if options.models:  # shards split by manifest line, and a bake-off's pairs share lines
-        raise ConfigError("a bake-off (`models`) runs as one i2v-batch run, not a fan-out")
     opened = await open_run(source, dest, options)
     plans, storage, run_id = opened.plans, opened.dest, opened.run_id
     how = ""
@@ -176,6 +175,8 @@ async def _fanout(
     landed = frame.loc[frame["status"] == str(RowStatus.LANDED), "id"]
     sheet_md = await publish_contact_sheet(
         storage, [f"videos/{i}.mp4" for i in landed], run_id, link_hours=options.link_hours
+    ) + await publish_comparison(
+        storage, frame, options.models, run_id, link_hours=options.link_hours
     )
     await publish_artifacts(
         frame,

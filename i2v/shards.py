@@ -71,8 +71,8 @@ def auto_shard_size(rows: int, workers: int, *, concurrency: int, limit: int | N
     takes, at `concurrency` in flight per shard, to fill the global limit `limit`.
 
     More shards than that only start more processes: on the bench's two workers, 4
-    shards of 150 rows reached 0.52-0.57 of ideal against 0.61 for 2 of 300, because
-    a shard's process costs 15-20 s of CPU before its first submission.
+    shards of 150 rows reached 0.63 of ideal against 0.66 for 2 of 300, because a
+    shard's process costs 15-20 s of CPU before its first submission.
     """
     shards = max(1, workers)
     if limit:
@@ -81,28 +81,42 @@ def auto_shard_size(rows: int, workers: int, *, concurrency: int, limit: int | N
 
 
 def plan_shards(plans: Sequence[RowPlan], shard_size: int) -> list[list[int]]:
-    """Manifest line numbers per shard, in manifest order, at most `shard_size` rows each.
+    """Manifest line numbers per shard, in manifest order, about `shard_size` rows each.
 
-    Rows with the same input identity form one group that is never split (two shards
-    holding the same input could both pay for it); a group bigger than `shard_size`
-    becomes a shard of its own. Rows rejected by the checks are single-row groups.
+    Rows that share an input identity, or a manifest line (a bake-off's pairs: a shard
+    runs whole lines), form one group that is never split: two shards holding the same
+    input could both pay for it. A group bigger than `shard_size` becomes a shard of its
+    own. Rows rejected by the checks join only their line's group.
     """
     if shard_size < 1:
         raise ConfigError(f"shard_size must be at least 1, not {shard_size}")
-    groups: dict[str, list[int]] = {}
+    root: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while root.setdefault(key, key) != key:
+            root[key] = root[root[key]]
+            key = root[key]
+        return key
+
     for plan in plans:
-        key = plan.identity if plan.identity and not plan.error else f"line:{plan.row.line}"
-        groups.setdefault(key, []).append(plan.row.line)
+        line = find(f"line:{plan.row.line}")
+        if plan.identity and not plan.error:
+            same = find(f"input:{plan.identity}")
+            if same != line:
+                root[same] = line
+    groups: dict[str, list[int]] = {}
+    for plan in plans:  # dicts keep first-seen (manifest) order
+        groups.setdefault(find(f"line:{plan.row.line}"), []).append(plan.row.line)
     shards: list[list[int]] = []
     current: list[int] = []
-    for lines in groups.values():  # dicts keep first-seen (manifest) order
+    for lines in groups.values():
         if current and len(current) + len(lines) > shard_size:
             shards.append(current)
             current = []
         current.extend(lines)
     if current:
         shards.append(current)
-    return [sorted(s) for s in shards]
+    return [sorted(set(s)) for s in shards]
 
 
 def merge_shards(
@@ -118,7 +132,9 @@ def merge_shards(
     left no table are landed when their records say so (with every video in DEST), else
     not_submitted with the shard's fate as the error."""
     model = str(options.model)
-    by_line = {p.row.line: p for p in plans}
+    by_line: dict[int, list[RowPlan]] = {}
+    for plan in plans:  # a bake-off's pairs share their line
+        by_line.setdefault(plan.row.line, []).append(plan)
     run_dirs = sorted({k.split("/")[1] for k in storage.list("runs/") if k.count("/") >= 2})
     frames: list[pd.DataFrame] = []
     reports: list[ShardReport] = []
@@ -142,7 +158,7 @@ def merge_shards(
             _read_summary(storage, found[0], report)
             frames.append(table)
         covered = set(table["line"].dropna().astype(int)) if table is not None else set()
-        missing = [by_line[n] for n in lines if n not in covered and n in by_line]
+        missing = [p for n in lines if n not in covered for p in by_line.get(n, [])]
         if missing:
             why = (
                 f"shard {i}/{len(shards)} (flow run {run.name}) ended {state}"

@@ -512,6 +512,70 @@ def test_parquet_and_jsonl_manifests_local_and_on_s3_through_deployment_runs(
 
 
 @pytest.mark.server
+def test_a_bake_off_fans_out_by_whole_lines_and_merges_one_sheet(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A fan-out of a two-model bake-off: each shard runs whole lines (both pairs of a
+    line), every pair is paid once, and the parent merges one table and one sheet."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from i2v.models import DEFAULT_MODEL
+    from i2v.row_models import bake_off_id
+    from i2v.simulator.zoo import SEEDANCE
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
+        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    pictures = ["astronaut.png", "coffee.png", "rocket.jpg"]
+    for name in pictures:
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    ids = [f"b{i}" for i in range(6)]
+    manifest = tmp_path / "bake.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "image", "prompt"])
+        writer.writerows([(i, pictures[n % 3], f"orbit, take {n}") for n, i in enumerate(ids)])
+    models = [DEFAULT_MODEL, SEEDANCE]
+    dest = tmp_path / "out"
+    sim = stack.sim
+    posts = sim.stats.generate_posts
+    options = {
+        "models": models,
+        "poll_interval_s": 0.2,
+        "expected_duration_s": 1.0,
+        "timeout_s": 60,
+        "api": {"base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
+    }
+    with client_for(stack.url) as client:
+        parent = client.create_flow_run_from_deployment(
+            stack.deployments["i2v-fanout/fanout"].id,
+            parameters={
+                "source": str(manifest),
+                "dest": str(dest),
+                "shard_size": 4,
+                "options": options,
+            },
+        )
+        parent = _wait_final(client, parent.id, 240)
+        shards = [
+            r
+            for r in client.read_flow_runs(limit=200)
+            if r.name.startswith(f"{parent.name}-shard-")
+        ]
+    assert parent.state is not None and parent.state.is_completed(), parent.state
+    table = pd.read_parquet(dest / "results.parquet")
+    assert list(table["id"]) == [bake_off_id(i, m) for i in ids for m in models]
+    assert set(table["status"]) == {"landed"}, table[["id", "status", "error"]]
+    assert list(table["model"]) == models * len(ids)
+    assert sim.stats.generate_posts - posts == 2 * len(ids), "a pair paid twice, or not"
+    # Shards of 4 rows are two whole lines each: no line in two shards.
+    lines = [n for r in shards for n in r.parameters["lines"]]
+    assert len(shards) == 3 and sorted(lines) == sorted(set(lines)) == list(range(2, 8))
+    sheets = list((dest / "runs").glob("*/comparison_sheet.png"))
+    assert len(sheets) == 1, "one sheet, by the parent, for every shard's pairs"
+
+
+@pytest.mark.server
 def test_the_forms_offer_the_catalogs_models_and_take_any_other_name(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -592,6 +656,28 @@ def test_auto_shard_size(rows: int, workers: int, concurrency: int, limit: Any, 
     from i2v.shards import auto_shard_size
 
     assert auto_shard_size(rows, workers, concurrency=concurrency, limit=limit) == size
+
+
+def test_plan_shards_keeps_a_bake_offs_pairs_of_a_line_together() -> None:
+    """A bake-off's pairs share their line (a shard runs whole lines), and a pair that
+    repeats another line's input joins that line's shard too."""
+    from i2v.shards import plan_shards
+
+    plans = [
+        _plan(2, "2-kling"),
+        _plan(2, "2-veo"),
+        _plan(3, "3-kling"),
+        _plan(3, "3-veo"),
+        _plan(4, "4-kling"),
+        _plan(4, "2-veo"),  # line 4 repeats line 2's input for one model
+        _plan(5, "5-kling"),
+        _plan(5, None, error="bad duration for veo"),
+    ]
+    shards = plan_shards(plans, 2)
+    assert sorted(n for s in shards for n in s) == [2, 3, 4, 5]
+    where = {n: i for i, s in enumerate(shards) for n in s}
+    assert where[2] == where[4] != where[3]
+    assert [3] in shards and [5] in shards  # two pairs each: one shard of 2 rows
 
 
 def test_plan_shards_keeps_duplicates_together() -> None:
