@@ -380,15 +380,8 @@ def _rows(
         end_location, end_error = resolver.resolve(end) if end else (None, None)
         end_error = end_error and f"end_image: {end_error}"
         prompt_error = None if own_model else check_prompt(prompt, rules)
-        error = (
-            table.unreadable.get(line)
-            or width_error
-            or id_error
-            or image_error
-            or end_error
-            or duration_error
-            or prompt_error
-        )
+        first = table.unreadable.get(line) or width_error or id_error or image_error
+        error = first or end_error or duration_error or prompt_error
         rows.append(
             ManifestRow(
                 line=line,
