@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.common import err, out, run_async, usage_error
+from cli.logs import quiet_prefect
 from cli.options import ConfigFile
 
 
@@ -57,6 +58,7 @@ def models(
     ] = None,
 ) -> None:
     """List the catalog's image-to-video models: price, durations and inputs."""
+    quiet_prefect(verbose=False)  # before Prefect is imported: no telemetry banner
     from flows.clients import model_catalog
     from i2v.config import load_options
     from i2v.errors import ConfigError
