@@ -108,9 +108,10 @@ async def _fanout(
     await check_worker_settings(options)  # before any read; each shard checks on its worker
     opened = await open_run(source, dest, options)
     plans, storage, run_id = opened.plans, opened.dest, opened.run_id
-    how = ""
+    how, pool = "", None
     if shard_size is None:
-        shard_size, workers = await auto_size(deployment, len(plans), options)
+        pool = await check_deployment(deployment)
+        shard_size, workers = await auto_size(pool, len(plans), options)
         how = f" (one per online worker: {workers})"
     shards = plan_shards(plans, shard_size)
     inputs = len({p.identity for p in plans if p.identity and not p.error})
@@ -130,7 +131,7 @@ async def _fanout(
             "api.base_url to it instead"
         )
 
-    pool = await check_deployment(deployment)
+    pool = pool or await check_deployment(deployment)  # read once
     options, budgets = await _approved(options, opened)
     launcher = ShardLauncher(source, dest, options, deployment, pool, len(shards), budgets)
     reporter = ProgressReporter(FANOUT_PROGRESS_KEY, label="rows")

@@ -36,13 +36,12 @@ def worker_queue(name: str) -> str:
     return f"{WORKER_QUEUE_PREFIX}{name}"
 
 
+def _within(at: datetime | None, now: datetime, seconds: float) -> bool:
+    return at is not None and (now - at.astimezone(UTC)).total_seconds() < seconds
+
+
 def _live(queue: WorkQueue, now: datetime) -> bool:
-    polled = queue.last_polled
-    return (
-        not queue.is_paused
-        and polled is not None
-        and (now - polled.astimezone(UTC)).total_seconds() < LIVE_S
-    )
+    return not queue.is_paused and _within(queue.last_polled, now, LIVE_S)
 
 
 async def live_worker_queues(client: PrefectClient, pool: str) -> list[str]:
@@ -63,12 +62,7 @@ async def online_workers(client: PrefectClient, pool: str) -> int:
     ONLINE for a while, so the time is what counts)."""
     now = datetime.now(UTC)
     workers = await client.read_workers_for_work_pool(work_pool_name=pool)
-    return sum(
-        1
-        for w in workers
-        if w.last_heartbeat_time is not None
-        and (now - w.last_heartbeat_time.astimezone(UTC)).total_seconds() < 3 * LIVE_S
-    )
+    return sum(1 for w in workers if _within(w.last_heartbeat_time, now, 3 * LIVE_S))
 
 
 def place(count: int, queues: list[str]) -> list[str | None]:

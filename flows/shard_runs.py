@@ -55,10 +55,9 @@ async def check_deployment(deployment: str) -> str:
             ) from None
 
 
-async def auto_size(deployment: str, rows: int, options: BatchOptions) -> tuple[int, int]:
+async def auto_size(pool: str, rows: int, options: BatchOptions) -> tuple[int, int]:
     """Rows per shard for a fan-out not given `shard_size` (`i2v.shards.auto_shard_size`),
-    and the online workers of the shard deployment's pool it counted."""
-    pool = await check_deployment(deployment)
+    and the online workers of the shard deployment's `pool` it counted."""
     slots = None
     async with get_client() as client:
         workers = await online_workers(client, pool)
