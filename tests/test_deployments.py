@@ -184,6 +184,26 @@ def test_deployment_parameter_schemas(stack: Stack) -> None:
 # ------------------------------------------------------------- who decides what
 
 
+def _save_key(stack: Stack) -> None:
+    """The simulator's key in the Secret block the forms name (the workers have none)."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
+        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+
+
+def _fast_options(stack: Stack, **changes: Any) -> dict[str, Any]:
+    """A form's options against the stack's simulator, with short polls and timeouts."""
+    return {
+        "poll_interval_s": 0.2,
+        "expected_duration_s": 1.0,
+        "timeout_s": 60,
+        "api": {"base_url": stack.sim.url, "api_key_secret_block": SECRET_BLOCK},
+        **changes,
+    }
+
+
 def _wait_final(client: Any, run_id: Any, timeout_s: float = 180) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -201,11 +221,8 @@ def test_a_form_cannot_send_the_key_elsewhere(stack: Stack, tmp_path: Path) -> N
     no connection, not even the picture that sits on it. A form's allow_outside_base
     fails the same way: these workers do not allow it. Nor can a run set the workers'
     environment through job variables (the pool's template fixes env and command)."""
-    from prefect.blocks.system import Secret
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
-        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    _save_key(stack)
     listener = Listener(record=True)
     try:
         manifest, _ = _manifest(tmp_path)
@@ -294,22 +311,16 @@ def _manifest(folder: Path) -> tuple[Path, int]:
 
 @pytest.mark.server
 def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: Path) -> None:
-    from prefect.blocks.system import Secret
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     sim = stack.sim  # latency 1 s; allowed as api.base_url by the workers' environment
     manifest, distinct = _manifest(tmp_path)
     dest = tmp_path / "dest"
-    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
-        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
-    options = {
-        "concurrency": 8,  # per shard; the global limit (3) must win across shards
-        "poll_interval_s": 0.2,
-        "expected_duration_s": 1.0,
-        "timeout_s": 60,
-        "global_concurrency_limit": "atlascloud",
-        "api": {"base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
-    }
+    _save_key(stack)
+    options = _fast_options(
+        stack,
+        concurrency=8,  # per shard; the global limit (3) must win across shards
+        global_concurrency_limit="atlascloud",
+    )
     started = time.monotonic()
     with client_for(stack.url) as client:
         parent = client.create_flow_run_from_deployment(
@@ -462,11 +473,8 @@ def test_parquet_and_jsonl_manifests_local_and_on_s3_through_deployment_runs(
     import boto3
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from prefect.blocks.system import Secret
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
-        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    _save_key(stack)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     rows = [
         {"id": "a", "image": "astronaut.png", "prompt": "push in", "duration": 6, "take": 1},
@@ -482,12 +490,7 @@ def test_parquet_and_jsonl_manifests_local_and_on_s3_through_deployment_runs(
         sources[f"local-{fmt}"] = str(tmp_path / f"m.{fmt}")
         s3.upload_file(str(tmp_path / f"m.{fmt}"), s3_bucket, f"in/m.{fmt}")
         sources[f"s3-{fmt}"] = f"s3://{s3_bucket}/in/m.{fmt}"
-    options = {
-        "poll_interval_s": 0.2,
-        "expected_duration_s": 1.0,
-        "timeout_s": 60,
-        "api": {"base_url": stack.sim.url, "api_key_secret_block": SECRET_BLOCK},
-    }
+    options = _fast_options(stack)
     with client_for(stack.url) as client:
         created = {
             name: client.create_flow_run_from_deployment(
@@ -517,15 +520,12 @@ def test_a_bake_off_fans_out_by_whole_lines_and_merges_one_sheet(
 ) -> None:
     """A fan-out of a two-model bake-off: each shard runs whole lines (both pairs of a
     line), every pair is paid once, and the parent merges one table and one sheet."""
-    from prefect.blocks.system import Secret
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from i2v.models import DEFAULT_MODEL
     from i2v.row_models import bake_off_id
     from i2v.simulator.zoo import SEEDANCE
 
-    with temporary_settings(updates={PREFECT_API_URL: stack.url}):
-        Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)  # type: ignore[arg-type]
+    _save_key(stack)
     pictures = ["astronaut.png", "coffee.png", "rocket.jpg"]
     for name in pictures:
         shutil.copy(EXAMPLES / name, tmp_path / name)
@@ -539,13 +539,7 @@ def test_a_bake_off_fans_out_by_whole_lines_and_merges_one_sheet(
     dest = tmp_path / "out"
     sim = stack.sim
     posts = sim.stats.generate_posts
-    options = {
-        "models": models,
-        "poll_interval_s": 0.2,
-        "expected_duration_s": 1.0,
-        "timeout_s": 60,
-        "api": {"base_url": sim.url, "api_key_secret_block": SECRET_BLOCK},
-    }
+    options = _fast_options(stack, models=models)
     with client_for(stack.url) as client:
         parent = client.create_flow_run_from_deployment(
             stack.deployments["i2v-fanout/fanout"].id,
