@@ -204,6 +204,21 @@ def _fast_options(stack: Stack, **changes: Any) -> dict[str, Any]:
     }
 
 
+def _start_fanout(
+    client: Any, stack: Stack, manifest: Path, dest: Path, shard_size: int, options: Any
+) -> Any:
+    """A flow run of i2v-fanout/fanout, as a form would create it."""
+    return client.create_flow_run_from_deployment(
+        stack.deployments["i2v-fanout/fanout"].id,
+        parameters={
+            "source": str(manifest),
+            "dest": str(dest),
+            "shard_size": shard_size,
+            "options": options,
+        },
+    )
+
+
 def _wait_final(client: Any, run_id: Any, timeout_s: float = 180) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -323,15 +338,7 @@ def test_fanout_over_two_workers_under_the_provider_cap(stack: Stack, tmp_path: 
     )
     started = time.monotonic()
     with client_for(stack.url) as client:
-        parent = client.create_flow_run_from_deployment(
-            stack.deployments["i2v-fanout/fanout"].id,
-            parameters={
-                "source": str(manifest),
-                "dest": str(dest),
-                "shard_size": 6,
-                "options": options,
-            },
-        )
+        parent = _start_fanout(client, stack, manifest, dest, 6, options)
         while True:
             parent = client.read_flow_run(parent.id)
             if parent.state is not None and parent.state.is_final():
@@ -541,15 +548,7 @@ def test_a_bake_off_fans_out_by_whole_lines_and_merges_one_sheet(
     posts = sim.stats.generate_posts
     options = _fast_options(stack, models=models)
     with client_for(stack.url) as client:
-        parent = client.create_flow_run_from_deployment(
-            stack.deployments["i2v-fanout/fanout"].id,
-            parameters={
-                "source": str(manifest),
-                "dest": str(dest),
-                "shard_size": 4,
-                "options": options,
-            },
-        )
+        parent = _start_fanout(client, stack, manifest, dest, 4, options)
         parent = _wait_final(client, parent.id, 240)
         shards = [
             r
